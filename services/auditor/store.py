@@ -1,0 +1,50 @@
+"""The auditor's repository: append-only audit records, one hash chain per goal.
+
+`_id` is the event id (a redelivered event is stored once); the unique (goal_id, seq) index makes
+two writers that race for the same place in a chain collide instead of forking it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pymongo import ASCENDING, DESCENDING
+
+from services.auditor.audit import AuditRecord
+from shared.events import EVENT_ADAPTER, Event
+from shared.store import Database, DuplicateKeyError
+
+
+class AuditStore:
+    def __init__(self, database: Database) -> None:
+        self._records = database["audit"]
+
+    async def init(self) -> None:
+        await self._records.create_index([("goal_id", ASCENDING), ("seq", ASCENDING)], unique=True)
+
+    async def outbox_of(self, event_id: str) -> list[Event] | None:
+        document = await self._records.find_one({"_id": event_id})
+        if document is None:
+            return None
+        return [EVENT_ADAPTER.validate_python(e) for e in document["outbox"]]
+
+    async def head(self, goal_id: str) -> AuditRecord | None:
+        documents = await self._records.find({"goal_id": goal_id}, sort=[("seq", DESCENDING)]).to_list(1)
+        return AuditRecord.model_validate(documents[0]) if documents else None
+
+    async def append(self, record: AuditRecord, outbox: list[Event]) -> bool:
+        """False when another record took this place in the chain (re-read the head and retry)."""
+        document: dict[str, Any] = {
+            "_id": record.event_id,
+            **record.model_dump(mode="json"),
+            "outbox": [e.model_dump(mode="json") for e in outbox],
+        }
+        try:
+            await self._records.insert_one(document)
+        except DuplicateKeyError:
+            return False
+        return True
+
+    async def records(self, goal_id: str) -> list[AuditRecord]:
+        documents = await self._records.find({"goal_id": goal_id}, sort=[("seq", ASCENDING)]).to_list()
+        return [AuditRecord.model_validate(d) for d in documents]

@@ -1,0 +1,40 @@
+"""Executor service: consumes dispatched steps, runs tools and model tasks, publishes results."""
+
+from __future__ import annotations
+
+import httpx
+from functools import partial
+
+from faststream import FastStream
+
+from services.executor.execution import StepRunner
+from services.executor.handlers import ExecutorDeps, handle
+from shared.events import Topic
+from shared.models.client import ModelClient
+from shared.service import ServiceRuntime
+from shared.settings import Settings
+from shared.store import open_database
+from shared.tools.catalogue import build_catalogue
+
+NAME = "executor"
+
+
+def create_app(settings: Settings) -> FastStream:
+    runtime = ServiceRuntime(NAME, settings)
+    executions = open_database(settings.mongo_url, f"goalrail_{NAME}")["executions"]
+    models = ModelClient(runtime.tracer, settings.model_timeout_s, settings.trace_content)
+    http = httpx.AsyncClient(timeout=settings.tool_timeout_s)
+    runner = StepRunner(
+        tools=build_catalogue(),
+        models=models,
+        http=http,
+        tracer=runtime.tracer,
+        tool_config={"demo_api_url": settings.demo_api_url},
+    )
+    deps = ExecutorDeps(executions=executions, runner=runner)
+
+    async def init() -> None:
+        await executions.create_index("goal_id")
+        models.warm_up()  # pay litellm's import before the first step, not during it
+
+    return runtime.app([Topic.STEPS_DISPATCHED], partial(handle, deps=deps), on_startup=[init])

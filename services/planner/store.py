@@ -1,0 +1,75 @@
+"""The planner's repository: one document per goal holding its plan, progress and outbox.
+
+Every change of a goal is one conditional write of that document (matched on `version`), so
+two results for one plan never overwrite each other, and the events a change emits are stored
+in the same write: a redelivered event finds them and republishes the very same events.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from services.planner.planning import Progress
+from shared.events import EVENT_ADAPTER, Event, GoalSpec, Plan, Usage
+from shared.store import Database, DuplicateKeyError
+
+
+class AppliedEvent(BaseModel):
+    event_id: str
+    outbox: list[dict[str, Any]]
+
+
+class GoalRecord(BaseModel):
+    goal_id: str
+    tenant: str
+    version: int = 0
+    goal: GoalSpec
+    submitted_at: datetime
+    plan: Plan | None = None
+    progress: Progress | None = None
+    status: str = "running"
+    retries: int = 0
+    usage: Usage = Field(default_factory=Usage)
+    applied: list[AppliedEvent] = Field(default_factory=list)
+
+    def outbox_for(self, event_id: str) -> list[Event] | None:
+        for applied in self.applied:
+            if applied.event_id == event_id:
+                return [EVENT_ADAPTER.validate_python(e) for e in applied.outbox]
+        return None
+
+    def record(self, event_id: str, outbox: list[Event]) -> None:
+        self.applied.append(AppliedEvent(event_id=event_id, outbox=[e.model_dump(mode="json") for e in outbox]))
+
+
+class PlanStore:
+    def __init__(self, database: Database) -> None:
+        self._goals = database["goals"]
+
+    async def init(self) -> None:
+        await self._goals.create_index("status")
+
+    async def get(self, goal_id: str) -> GoalRecord | None:
+        document = await self._goals.find_one({"_id": goal_id})
+        return GoalRecord.model_validate(document) if document else None
+
+    async def create(self, record: GoalRecord) -> bool:
+        """Insert a new goal; False when it exists already (a redelivered submission)."""
+        try:
+            await self._goals.insert_one({"_id": record.goal_id, **record.model_dump(mode="json")})
+        except DuplicateKeyError:
+            return False
+        return True
+
+    async def save(self, record: GoalRecord) -> bool:
+        """Write `record` if nobody changed it since it was read; False on a conflict."""
+        expected = record.version
+        document = record.model_dump(mode="json") | {"version": expected + 1}
+        result = await self._goals.replace_one({"_id": record.goal_id, "version": expected}, document)
+        if result.modified_count == 1:
+            record.version = expected + 1
+            return True
+        return False

@@ -1,0 +1,85 @@
+"""Typed settings for every Goalrail process, read from `GOALRAIL_*` environment variables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field, HttpUrl, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+CONFIG_DIR = Path(__file__).parent / "config"
+
+ServiceName = Literal["planner", "router", "executor", "auditor"]
+
+
+class Settings(BaseSettings):
+    """One settings model for all services; each service reads the fields it needs."""
+
+    model_config = SettingsConfigDict(env_prefix="GOALRAIL_", extra="ignore", frozen=True)
+
+    kafka_bootstrap: str = Field(
+        "127.0.0.1:9092", description="Kafka bootstrap servers, comma separated host:port."
+    )
+    kafka_idempotence: bool = Field(
+        False,
+        description="Idempotent producer. On for real Kafka; the embedded Tansu broker rejects it.",
+    )
+    kafka_partitions: int = Field(4, ge=1, le=256, description="Partitions per topic when created.")
+    kafka_session_timeout_ms: int = Field(
+        10_000, ge=1_000, description="Consumer group session timeout (how fast a dead member is noticed)."
+    )
+    mongo_url: str = Field(
+        "embedded://.goalrail/store",
+        description="mongodb://… for MongoDB; embedded://PATH for the embedded file store; memory:// for tests.",
+    )
+    playbooks_dir: Path = Field(CONFIG_DIR / "playbooks", description="Folder of YAML playbooks.")
+    routing_table: Path = Field(CONFIG_DIR / "routing.yaml", description="YAML routing table.")
+    demo_api_url: str = Field(
+        "http://127.0.0.1:8123", description="Base URL of the demo business systems (demo tools)."
+    )
+    otlp_endpoint: HttpUrl | None = Field(
+        None,
+        validation_alias=AliasChoices("GOALRAIL_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"),
+        description="OTLP/HTTP endpoint (e.g. http://jaeger:4318); unset = no export.",
+    )
+    trace_content: bool = Field(
+        False, description="Put (redacted) prompt and output text on spans."
+    )
+    tool_timeout_s: float = Field(30.0, gt=0, description="Default timeout of one tool call.")
+    model_timeout_s: float = Field(60.0, gt=0, description="Timeout of one model call.")
+    handler_attempts: int = Field(
+        3, ge=1, le=20, description="Tries of a failing handler before its event goes to the DLQ."
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @field_validator("mongo_url")
+    @classmethod
+    def _known_store_scheme(cls, value: str) -> str:
+        if not value.startswith(("mongodb://", "mongodb+srv://", "embedded://", "memory://")):
+            raise ValueError(
+                "must start with mongodb://, mongodb+srv://, embedded:// or memory:// "
+                f"(got {value!r})"
+            )
+        return value
+
+    @field_validator("kafka_bootstrap")
+    @classmethod
+    def _host_port_list(cls, value: str) -> str:
+        for server in value.split(","):
+            host, _, port = server.strip().rpartition(":")
+            if not host or not port.isdigit():
+                raise ValueError(f"expected host:port[,host:port…] (got {value!r})")
+        return value
+
+
+def env_names() -> set[str]:
+    """Every environment variable name the settings model reads."""
+    names: set[str] = set()
+    for name, field in Settings.model_fields.items():
+        alias = field.validation_alias
+        if isinstance(alias, AliasChoices):
+            names.update(str(choice) for choice in alias.choices)
+        else:
+            names.add(f"GOALRAIL_{name.upper()}")
+    return names
