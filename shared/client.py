@@ -15,7 +15,7 @@ import contextlib
 import uuid
 from collections.abc import AsyncIterator, Iterable
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from opentelemetry import trace
@@ -36,6 +36,13 @@ from shared.events import (
 from shared.settings import Settings
 
 Outcome = GoalCompleted | GoalFailed
+
+
+class Received(NamedTuple):
+    topic: str
+    event: Event | None  # None when the message is not a valid Goalrail event (e.g. on a DLQ)
+    raw: bytes
+    headers: dict[str, str]
 
 
 class EventStream:
@@ -73,13 +80,14 @@ class EventStream:
     async def stop(self) -> None:
         await self._consumer.stop()
 
-    async def __aiter__(self) -> AsyncIterator[tuple[str, Event | None, bytes]]:
+    async def __aiter__(self) -> AsyncIterator[Received]:
         async for record in self._consumer:
             try:
                 event: Event | None = parse_event(record.value)
             except ValidationError:
                 event = None
-            yield record.topic, event, record.value
+            headers = {k: v.decode(errors="replace") for k, v in record.headers or ()}
+            yield Received(record.topic, event, record.value, headers)
 
 
 class GoalrailClient:
@@ -166,7 +174,8 @@ class GoalrailClient:
         self._watch_task = asyncio.create_task(self._dispatch_outcomes(self._outcomes))
 
     async def _dispatch_outcomes(self, stream: EventStream) -> None:
-        async for _, event, _ in stream:
+        async for received in stream:
+            event = received.event
             if not isinstance(event, (GoalCompleted, GoalFailed)):
                 continue
             waiter = self._waiters.pop(event.goal_id, None)

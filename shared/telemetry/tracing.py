@@ -20,10 +20,11 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 current_goal_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("goal_id", default=None)
 
 
-def setup_tracing(service: str, otlp_endpoint: str | None) -> TracerProvider:
+def setup_tracing(service: str, otlp_endpoint: str | None, make_global: bool = True) -> TracerProvider:
     """A tracer provider for `service`, exporting to `otlp_endpoint` (OTLP/HTTP) when set.
 
-    It becomes the global provider too, so libraries that trace on their own join the goal's trace.
+    In a service it becomes the global provider too, so libraries that trace on their own join
+    the goal's trace.
     """
     provider = TracerProvider(resource=Resource.create({"service.name": service, "service.namespace": "goalrail"}))
     if otlp_endpoint:
@@ -31,7 +32,8 @@ def setup_tracing(service: str, otlp_endpoint: str | None) -> TracerProvider:
 
         endpoint = otlp_endpoint.rstrip("/") + "/v1/traces"
         provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint)))
-    trace.set_tracer_provider(provider)
+    if make_global:
+        trace.set_tracer_provider(provider)
     return provider
 
 

@@ -1,0 +1,168 @@
+"""`goalrail` — run the embedded stack and the demo, submit goals, follow outcomes, export the
+event contract, run a service or the benchmark."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+
+from shared.settings import Settings
+
+app = typer.Typer(help="Goalrail: agentic process automation over Kafka.", no_args_is_help=True)
+goal_app = typer.Typer(help="Submit goals.", no_args_is_help=True)
+schema_app = typer.Typer(help="The published event contract.", no_args_is_help=True)
+service_app = typer.Typer(help="Run one Goalrail service in this process.", no_args_is_help=True)
+app.add_typer(goal_app, name="goal")
+app.add_typer(schema_app, name="schema")
+app.add_typer(service_app, name="service")
+
+console = Console()
+DEMO_GOAL = "Prepare the Q3 sales report for the board"
+Bootstrap = Annotated[
+    Optional[str],
+    typer.Option("--bootstrap", "-b", help="Kafka bootstrap servers (default: GOALRAIL_KAFKA_BOOTSTRAP)."),
+]
+
+
+def _bootstrap(value: str | None) -> str:
+    return value or Settings().kafka_bootstrap
+
+
+@app.command()
+def demo(
+    goal: Annotated[str, typer.Option(help="The goal text to submit.")] = DEMO_GOAL,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the outcome.")] = 60.0,
+    workdir: Annotated[Path, typer.Option(help="Where the embedded store, logs and spans go.")] = Path(
+        ".goalrail/demo"
+    ),
+) -> None:
+    """Start the embedded stack, submit a real goal, print its outcome and its trace, stop."""
+    from shared.embedded.demo import run_demo
+
+    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    ok = asyncio.run(run_demo(goal, timeout, workdir, console))
+    raise typer.Exit(0 if ok else 1)
+
+
+@app.command()
+def up(
+    workdir: Annotated[Path, typer.Option(help="Where the embedded store and logs go.")] = Path(".goalrail/up"),
+) -> None:
+    """Run the embedded stack (broker, demo API, four services) until Ctrl-C."""
+    from shared.embedded.demo import run_until_interrupted
+
+    asyncio.run(run_until_interrupted(workdir, console))
+
+
+@goal_app.command("submit")
+def goal_submit(
+    text: Annotated[str, typer.Argument(help="What should be achieved, in plain words.")],
+    wait: Annotated[bool, typer.Option("--wait", help="Wait for the outcome and print it.")] = False,
+    bootstrap: Bootstrap = None,
+    tenant: Annotated[str, typer.Option(help="Tenant the goal belongs to.")] = "default",
+    requester: Annotated[str, typer.Option(help="Who asks.")] = "cli",
+    input_json: Annotated[Optional[str], typer.Option("--input", help="Goal input data as JSON.")] = None,
+    playbook: Annotated[Optional[str], typer.Option(help="Force a playbook by name.")] = None,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait with --wait.")] = 120.0,
+) -> None:
+    """Publish a GoalSubmitted event (and optionally wait for its outcome)."""
+    from shared.client import GoalrailClient
+
+    try:
+        data = json.loads(input_json) if input_json else {}
+    except ValueError as exc:
+        raise typer.BadParameter(f"--input is not JSON: {exc}") from exc
+
+    async def submit() -> int:
+        async with GoalrailClient(_bootstrap(bootstrap), tenant=tenant) as client:
+            if not wait:
+                event = await client.submit(text, requester=requester, input=data, playbook=playbook)
+                console.print(f"submitted goal [bold]{event.goal_id}[/]")
+                return 0
+            outcome = await client.submit_and_wait(
+                text, requester=requester, input=data, playbook=playbook, timeout=timeout
+            )
+            console.print_json(outcome.model_dump_json())
+            return 0 if outcome.type == "goalrail.goal.completed" else 1
+
+    raise typer.Exit(asyncio.run(submit()))
+
+
+@app.command()
+def outcomes(
+    follow: Annotated[bool, typer.Option("--follow/--no-follow", help="Keep printing new outcomes.")] = True,
+    from_beginning: Annotated[bool, typer.Option("--from-beginning", help="Start at the oldest outcome.")] = False,
+    bootstrap: Bootstrap = None,
+) -> None:
+    """Print outcome events (GoalCompleted / GoalFailed) as JSON lines."""
+    from shared.client import EventStream
+    from shared.events import Topic
+
+    async def stream() -> None:
+        events = EventStream(_bootstrap(bootstrap), [Topic.GOALS_OUTCOMES.value], from_beginning)
+        await events.start()
+        try:
+            iterator = events.__aiter__()
+            while True:
+                try:
+                    received = await asyncio.wait_for(iterator.__anext__(), None if follow else 2.0)
+                except TimeoutError:
+                    return
+                print(received.raw.decode(), flush=True)
+        finally:
+            await events.stop()
+
+    try:
+        asyncio.run(stream())
+    except KeyboardInterrupt:
+        pass
+
+
+@schema_app.command("export")
+def schema_export(
+    out: Annotated[Path, typer.Option(help="Folder for asyncapi.json and the event JSON Schemas.")] = Path(
+        "docs/schema"
+    ),
+) -> None:
+    """Write the AsyncAPI 3.0 document (FastStream's generator) and one JSON Schema per event."""
+    from shared.asyncapi import export
+
+    for path in export(out):
+        console.print(f"wrote {path}")
+
+
+@service_app.command("run")
+def service_run(
+    name: Annotated[str, typer.Argument(help="planner, router, executor or auditor.")],
+) -> None:
+    """Run one service with settings from GOALRAIL_* environment variables."""
+    import importlib
+
+    if name not in {"planner", "router", "executor", "auditor"}:
+        raise typer.BadParameter(f"unknown service {name!r}")
+    module = importlib.import_module(f"services.{name}.app")
+    from shared.service import run
+
+    run(module.create_app, name)
+
+
+@app.command()
+def bench(
+    goals: Annotated[int, typer.Option(min=1, help="Goals to run.")] = 50,
+    concurrency: Annotated[int, typer.Option(min=1, help="Goals in flight at once.")] = 8,
+) -> None:
+    """Benchmark a 5-step playbook through the embedded stack against a raw-Kafka floor."""
+    from shared.embedded.bench import run_bench
+
+    report = asyncio.run(run_bench(goals=goals, concurrency=concurrency, progress=console.print))
+    console.print(report.render())
+
+
+if __name__ == "__main__":
+    app()
