@@ -32,6 +32,7 @@ from shared.events import (
     to_wire,
 )
 from shared.settings import Settings
+from shared.telemetry.tracing import current_goal_id
 
 log = logging.getLogger("goalrail.bus")
 
@@ -125,6 +126,7 @@ class ConsumeGuard:
         except ValidationError as exc:
             await self._reject(raw, record, _validation_error(raw, exc))
             return
+        current_goal_id.set(event.goal_id)
         if event.topic.value != record.topic:
             error = TypedError(
                 code=ErrorCode.INVALID_EVENT,

@@ -48,6 +48,9 @@ def _section(key: str, value: Any) -> list[str]:
             lines.extend(_table(list_key, items))
         scalars = {k: v for k, v in value.items() if _is_scalar(v) and k != "totals"}
         lines.extend(f"- {k.replace('_', ' ')}: {_fmt(v)}" for k, v in scalars.items())
+        for sub_key, sub_value in value.items():
+            if isinstance(sub_value, dict) and sub_key != "totals":
+                lines.extend(_section(f"{key} {sub_key}", sub_value))
         return [*lines, ""]
     if isinstance(value, list) and value and all(isinstance(i, dict) for i in value):
         return [f"### {title}", "", *_table(key, value), ""]
