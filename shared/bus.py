@@ -62,6 +62,7 @@ def subscriber_options(settings: Settings, group_id: str) -> dict[str, Any]:
         "ack_policy": AckPolicy.NACK_ON_ERROR,
         "session_timeout_ms": settings.kafka_session_timeout_ms,
         "heartbeat_interval_ms": max(settings.kafka_session_timeout_ms // 5, 500),
+        "fetch_max_wait_ms": settings.kafka_fetch_max_wait_ms,
     }
 
 

@@ -48,8 +48,13 @@ class Received(NamedTuple):
 class EventStream:
     """Events of some topics from now on (or from the beginning), in arrival order."""
 
-    def __init__(self, bootstrap: str, topics: Iterable[str], from_beginning: bool = False) -> None:
-        self._consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    def __init__(
+        self, bootstrap: str, topics: Iterable[str], from_beginning: bool = False, fetch_max_wait_ms: int = 20
+    ) -> None:
+        # a short fetch wait: Tansu answers a fetch only when the wait expires (see Settings)
+        self._consumer = AIOKafkaConsumer(
+            bootstrap_servers=bootstrap, enable_auto_commit=False, fetch_max_wait_ms=fetch_max_wait_ms
+        )
         self._topics = list(topics)
         self._from_beginning = from_beginning
 

@@ -29,6 +29,13 @@ class Settings(BaseSettings):
     kafka_session_timeout_ms: int = Field(
         10_000, ge=1_000, description="Consumer group session timeout (how fast a dead member is noticed)."
     )
+    kafka_fetch_max_wait_ms: int = Field(
+        20,
+        ge=1,
+        le=10_000,
+        description="Longest a fetch waits for data. Tansu answers a fetch only when this expires, "
+        "so it bounds every hop's latency there; on Kafka, 500 saves requests.",
+    )
     mongo_url: str = Field(
         "embedded://.goalrail/store",
         description="mongodb://… for MongoDB; embedded://PATH for the embedded file store; memory:// for tests.",

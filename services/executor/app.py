@@ -35,6 +35,6 @@ def create_app(settings: Settings) -> FastStream:
 
     async def init() -> None:
         await executions.create_index("goal_id")
-        models.warm_up()  # pay litellm's import before the first step, not during it
+        await models.warm_up()  # pay litellm's import before the first step, not during it
 
     return runtime.app([Topic.STEPS_DISPATCHED], partial(handle, deps=deps), on_startup=[init])

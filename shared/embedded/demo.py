@@ -135,7 +135,7 @@ def _print_trace(collector: SpanCollector, trace_id: str | None, console: Consol
     except TimeoutError as exc:
         console.print(f"[yellow]{exc}[/]")
         spans = collector.spans(trace_id)
-    console.print(render_tree(spans), highlight=False, markup=False)
+    console.print(render_tree(spans), highlight=False, markup=False, soft_wrap=True)
     services = sorted({span.service for span in spans})
     console.print(f"{len(spans)} spans from {', '.join(services)}; all spans in {collector.sink_path}")
 

@@ -84,14 +84,20 @@ class ModelClient:
         self._trace_content = trace_content
         self._litellm: Any = None
 
-    def warm_up(self) -> None:
+    def _ensure_litellm(self) -> Any:
         self._litellm = self._litellm or _litellm()
+        return self._litellm
+
+    async def warm_up(self) -> None:
+        """Import litellm and make one untraced offline call: its first call loads lazily
+        imported modules, a cost the first goal should not pay."""
+        litellm = self._ensure_litellm()
+        await litellm.acompletion(model=f"{OFFLINE_PROVIDER}/warm-up", messages=build_messages("write", "warm up", {}))
 
     async def complete(
         self, model: str, task_type: str, instruction: str, data: dict[str, Any], fallbacks: list[str] | None = None
     ) -> ModelResult:
-        self.warm_up()
-        litellm = self._litellm
+        litellm = self._ensure_litellm()
         provider = model.split("/", 1)[0] if "/" in model else "openai"
         messages = build_messages(task_type, instruction, data)
         started = time.perf_counter()

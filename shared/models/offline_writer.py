@@ -10,6 +10,8 @@ from __future__ import annotations
 from typing import Any
 
 _NAME_KEYS = ("name", "region", "title", "label", "id")
+# the measure a reader ranks by, when a record has it
+_MEASURE_KEYS = ("revenue", "amount", "value", "total", "count", "score")
 
 
 def write(task_type: str, instruction: str, data: dict[str, Any]) -> str:
@@ -74,6 +76,7 @@ def _sentences(totals: dict[str, Any]) -> list[str]:
 
 def _table(key: str, items: list[dict[str, Any]]) -> list[str]:
     columns = [c for c in items[0] if _is_scalar(items[0][c])]
+    columns.sort(key=lambda c: (c not in _NAME_KEYS, c not in _MEASURE_KEYS))
     if not columns:
         return []
     lines = [
@@ -81,7 +84,8 @@ def _table(key: str, items: list[dict[str, Any]]) -> list[str]:
         "|" + "---|" * len(columns),
     ]
     lines.extend("| " + " | ".join(_fmt(item.get(c)) for c in columns) + " |" for item in items)
-    numeric = next((c for c in columns if all(isinstance(i.get(c), (int, float)) for i in items)), None)
+    numbers = [c for c in columns if all(isinstance(i.get(c), (int, float)) for i in items)]
+    numeric = next((c for c in numbers if c in _MEASURE_KEYS), numbers[0] if numbers else None)
     name = next((c for c in _NAME_KEYS if c in columns), None)
     if numeric and name and len(items) > 1:
         ranked = sorted(items, key=lambda i: i[numeric], reverse=True)
@@ -103,5 +107,5 @@ def _fmt(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:,.1f}"
     if isinstance(value, int):
-        return f"{value:,}"
+        return f"{value:,}" if abs(value) >= 10_000 else str(value)  # 2026 is a year, not a sum
     return str(value)

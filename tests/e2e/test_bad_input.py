@@ -41,8 +41,9 @@ async def test_malformed_and_invalid_goals_go_to_the_dlq_and_the_partition_moves
             failed = await client.wait_for_outcome(invalid_goal_id, timeout=60)
             completed = await client.wait_for_outcome(good.goal_id, timeout=60)
 
-        dead = await _collect(dlq, 2)
-        errors = await _collect(rejected, 1, lambda e: e.goal_id == invalid_goal_id)
+        # every consumer of goals.submitted (planner and auditor) dead-letters under its own name
+        dead = await _collect(dlq, 4)
+        errors = await _collect(rejected, 2, lambda e: e.goal_id == invalid_goal_id)
     finally:
         await producer.stop()
         await dlq.stop()
@@ -54,6 +55,8 @@ async def test_malformed_and_invalid_goals_go_to_the_dlq_and_the_partition_moves
     assert failed.error.code == "INVALID_EVENT"
     assert "goal.text" in failed.error.message
 
+    assert sorted(m.headers["goalrail-dlq-service"] for m in dead) == ["auditor", "auditor", "planner", "planner"]
+    dead = [m for m in dead if m.headers["goalrail-dlq-service"] == "planner"]
     bodies = [json.loads(m.raw) for m in dead]
     assert [m.headers["goalrail-dlq-code"] for m in dead] == ["MALFORMED_EVENT", "INVALID_EVENT"]
     assert all(m.headers["goalrail-dlq-reason"] == b["reason"][:500] for m, b in zip(dead, bodies))
@@ -62,7 +65,8 @@ async def test_malformed_and_invalid_goals_go_to_the_dlq_and_the_partition_moves
     assert bodies[1]["source_topic"] == "goals.submitted" and bodies[1]["rejected_by"] == "planner"
     assert all(b["reason"] for b in bodies)
 
-    (error_event,) = [m.event for m in errors]
+    assert sorted(m.event.rejected_by for m in errors) == ["auditor", "planner"]
+    (error_event,) = [m.event for m in errors if m.event.rejected_by == "planner"]
     assert isinstance(error_event, EventRejected)
     assert error_event.error.code == "INVALID_EVENT"
     assert error_event.source_topic == "goals.submitted"
