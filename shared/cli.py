@@ -21,6 +21,9 @@ service_app = typer.Typer(help="Run one Goalrail service in this process.", no_a
 app.add_typer(goal_app, name="goal")
 app.add_typer(schema_app, name="schema")
 app.add_typer(service_app, name="service")
+from shared.cli_tools import tools_app  # noqa: E402
+
+app.add_typer(tools_app, name="tools")
 
 console = Console()
 DEMO_GOAL = "Prepare the Q3 sales report for the board"
@@ -69,6 +72,9 @@ def goal_submit(
     requester: Annotated[str, typer.Option(help="Who asks.")] = "cli",
     input_json: Annotated[Optional[str], typer.Option("--input", help="Goal input data as JSON.")] = None,
     playbook: Annotated[Optional[str], typer.Option(help="Force a playbook by name.")] = None,
+    adapt_playbook: Annotated[
+        bool, typer.Option("--adapt-playbook", help="Let the planning model adapt the playbook to the goal.")
+    ] = False,
     timeout: Annotated[float, typer.Option(help="Seconds to wait with --wait.")] = 120.0,
 ) -> None:
     """Publish a GoalSubmitted event (and optionally wait for its outcome)."""
@@ -82,11 +88,14 @@ def goal_submit(
     async def submit() -> int:
         async with GoalrailClient(_bootstrap(bootstrap), tenant=tenant) as client:
             if not wait:
-                event = await client.submit(text, requester=requester, input=data, playbook=playbook)
+                event = await client.submit(
+                    text, requester=requester, input=data, playbook=playbook, adapt_playbook=adapt_playbook
+                )
                 console.print(f"submitted goal [bold]{event.goal_id}[/]")
                 return 0
             outcome = await client.submit_and_wait(
-                text, requester=requester, input=data, playbook=playbook, timeout=timeout
+                text, requester=requester, input=data, playbook=playbook, timeout=timeout,
+                adapt_playbook=adapt_playbook,
             )
             console.print_json(outcome.model_dump_json())
             return 0 if outcome.type == "goalrail.goal.completed" else 1
@@ -156,13 +165,31 @@ def service_run(
 def bench(
     goals: Annotated[int, typer.Option(min=1, help="Goals to run.")] = 50,
     concurrency: Annotated[int, typer.Option(min=1, help="Goals in flight at once.")] = 8,
+    workdir: Annotated[Path, typer.Option(help="Where the embedded store and logs go.")] = Path(".goalrail/bench"),
+    floor_hops: Annotated[
+        Optional[int], typer.Option(min=1, help="Kafka hops per floor message (default: derived from the steps).")
+    ] = None,
 ) -> None:
     """Benchmark a 5-step playbook through the embedded stack against a raw-Kafka floor."""
     from shared.embedded.bench import run_bench
 
-    report = asyncio.run(run_bench(goals=goals, concurrency=concurrency, progress=console.print))
+    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    report = asyncio.run(
+        run_bench(
+            goals=goals, concurrency=concurrency, progress=console.print, workdir=workdir, floor_hops=floor_hops
+        )
+    )
     console.print(report.render())
+    raise typer.Exit(1 if report.failures else 0)
 
+
+from shared.cli_audit import audit_app, kpis  # noqa: E402
+
+app.add_typer(audit_app, name="audit")
+from shared.cli_routes import routes_app  # noqa: E402
+
+app.add_typer(routes_app, name="routes")
+app.command()(kpis)
 
 if __name__ == "__main__":
     app()

@@ -149,6 +149,7 @@ class GoalrailClient:
         deadline: datetime | None = None,
         playbook: str | None = None,
         goal_id: str | None = None,
+        adapt_playbook: bool = False,
     ) -> GoalSubmitted:
         goal_id = goal_id or f"goal-{uuid.uuid4().hex[:16]}"
         event = GoalSubmitted(
@@ -164,6 +165,7 @@ class GoalrailClient:
                 input=input or {},
                 constraints=constraints or Constraints(),
                 playbook=playbook,
+                adapt_playbook=adapt_playbook,
             ),
         )
         with self._tracer.start_as_current_span("submit goal", attributes={"goalrail.goal_id": goal_id}):

@@ -47,6 +47,7 @@ class ErrorCode(StrEnum):
     UPSTREAM_ERROR = "UPSTREAM_ERROR"
     OUTPUT_INVALID = "OUTPUT_INVALID"
     BUDGET_EXCEEDED = "BUDGET_EXCEEDED"
+    DEADLINE_EXCEEDED = "DEADLINE_EXCEEDED"
     POLICY_VIOLATION = "POLICY_VIOLATION"
     MODEL_ERROR = "MODEL_ERROR"
     NO_PLAN = "NO_PLAN"
@@ -89,6 +90,9 @@ class GoalSpec(BaseModel):
     constraints: Constraints = Field(default_factory=Constraints)
     reply_to: str = Field(Topic.GOALS_OUTCOMES.value, description="Topic for the outcome.")
     playbook: str | None = Field(None, description="Force a playbook by name.")
+    adapt_playbook: bool = Field(
+        False, description="Give the playbook to the planning model as a starting point instead of using it as-is."
+    )
 
 
 # --- plans ---------------------------------------------------------------------------------
@@ -135,6 +139,7 @@ class Binding(BaseModel):
     model: str | None = None
     fallbacks: list[str] = Field(default_factory=list)
     reason: str
+    estimated_cost_usd: float | None = Field(None, description="The router's cost estimate of the call.")
 
 
 class Usage(BaseModel):
@@ -206,6 +211,9 @@ class StepReady(Event):
     attempt: int = Field(1, ge=1)
     resolved_inputs: dict[str, Any] = Field(default_factory=dict)
     allowed_tools: list[str] | None = None
+    goal_budget_usd: float | None = Field(
+        None, ge=0, description="The goal's constraints.budget.max_cost_usd; the router refuses steps beyond it."
+    )
 
 
 class StepDispatched(Event):

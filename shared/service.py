@@ -35,12 +35,18 @@ class ServiceRuntime:
         topics: Sequence[Topic],
         handler: Handler,
         on_startup: Sequence[Callable[[], Awaitable[None]]] = (),
+        max_workers: int = 1,
     ) -> FastStream:
         guard = ConsumeGuard(self.broker, self.name, handler, self.settings.handler_attempts)
+        # max_workers > 1 (one topic only): that many consumers of the group in this process, so
+        # a slow message on one partition does not hold the others; offsets still commit after
+        # handling, per partition
+        concurrency = {"max_workers": max_workers} if max_workers > 1 else {}
 
         @self.broker.subscriber(
             *(t.value for t in topics),
             **subscriber_options(self.settings, group_id=self.name),
+            **concurrency,
             title=f"{self.name}/consume",
         )
         async def consume(message: KafkaMessage) -> None:

@@ -54,9 +54,43 @@ class Settings(BaseSettings):
         False, description="Put (redacted) prompt and output text on spans."
     )
     tool_timeout_s: float = Field(30.0, gt=0, description="Default timeout of one tool call.")
+    tools_config: Path = Field(
+        CONFIG_DIR / "tools.yaml", description="YAML of tool sources (OpenAPI documents, MCP servers)."
+    )
+    tool_policy: Path = Field(CONFIG_DIR / "tool_policy.yaml", description="YAML: tenant -> tool scopes.")
+    tool_concurrency: int = Field(16, ge=1, le=1024, description="Tool calls in flight per executor.")
+    tool_concurrency_per_tool: int = Field(
+        4, ge=1, le=1024, description="Calls in flight per tool, so one slow tool cannot take every slot."
+    )
+    executor_workers: int = Field(
+        4, ge=1, le=64, description="Consumers per executor process: partitions (goals) handled at once."
+    )
+    artifacts_dir: Path = Field(
+        Path(".goalrail/artifacts"), description="Where document tools (spreadsheets, charts) write files."
+    )
+    smtp_url: str = Field("smtp://127.0.0.1:8025", description="SMTP server of the mail tool (smtp://host:port).")
+    smtp_from: str = Field("goalrail@localhost", description="Sender address of the mail tool.")
     model_timeout_s: float = Field(60.0, gt=0, description="Timeout of one model call.")
     handler_attempts: int = Field(
         3, ge=1, le=20, description="Tries of a failing handler before its event goes to the DLQ."
+    )
+    auditor_http_port: int = Field(
+        8130, ge=0, le=65535, description="Port of the auditor's HTTP API (KPIs, audit trail); 0 = off."
+    )
+    auditor_http_host: str = Field(
+        "127.0.0.1", description="Interface the auditor's HTTP API binds (0.0.0.0 in a container)."
+    )
+    planner_repair_rounds: int = Field(
+        2, ge=0, le=5, description="Times an invalid model plan is sent back with its errors before the goal fails."
+    )
+    planner_max_replans: int = Field(
+        1, ge=0, le=10, description="Revised plans per goal after permanent step failures before it is escalated."
+    )
+    planner_max_tools: int = Field(
+        12, ge=1, le=200, description="Most relevant tools shown to the planning model (keyword retrieval)."
+    )
+    planner_sweep_interval_s: float = Field(
+        2.0, gt=0, le=3600, description="How often the planner ends goals past their deadline or time budget."
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 

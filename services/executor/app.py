@@ -7,14 +7,15 @@ from functools import partial
 
 from faststream import FastStream
 
-from services.executor.execution import StepRunner
+from services.executor.execution import StepRunner, ToolLimiter
 from services.executor.handlers import ExecutorDeps, handle
 from shared.events import Topic
 from shared.models.client import ModelClient
 from shared.service import ServiceRuntime
 from shared.settings import Settings
 from shared.store import open_database
-from shared.tools.catalogue import build_catalogue
+from shared.tools.catalogue import build_catalogue, tool_config
+from shared.tools.policy import ToolPolicy
 
 NAME = "executor"
 
@@ -25,11 +26,13 @@ def create_app(settings: Settings) -> FastStream:
     models = ModelClient(runtime.tracer, settings.model_timeout_s, settings.trace_content)
     http = httpx.AsyncClient(timeout=settings.tool_timeout_s)
     runner = StepRunner(
-        tools=build_catalogue(),
+        tools=build_catalogue(settings),
         models=models,
         http=http,
         tracer=runtime.tracer,
-        tool_config={"demo_api_url": settings.demo_api_url},
+        tool_config=tool_config(settings),
+        policy=ToolPolicy.load(settings.tool_policy),
+        limiter=ToolLimiter(settings.tool_concurrency, settings.tool_concurrency_per_tool),
     )
     deps = ExecutorDeps(executions=executions, runner=runner)
 
@@ -37,4 +40,5 @@ def create_app(settings: Settings) -> FastStream:
         await executions.create_index("goal_id")
         await models.warm_up()  # pay litellm's import before the first step, not during it
 
-    return runtime.app([Topic.STEPS_DISPATCHED], partial(handle, deps=deps), on_startup=[init])
+    return runtime.app([Topic.STEPS_DISPATCHED], partial(handle, deps=deps), on_startup=[init],
+                       max_workers=settings.executor_workers)

@@ -1,24 +1,39 @@
 """Executor domain: run one dispatched step — a tool or a model task — and say how it went.
 
-Retryable failures (timeouts, 429, 5xx) are retried here with exponential backoff and jitter;
-what still fails becomes a StepFailed with the typed error, for the planner to decide.
+Before a tool call: the tool must exist, the goal's tenant and allowed tools must permit it
+(PERMISSION_DENIED, whatever the plan says) and an irreversible tool needs an approved step
+(POLICY_VIOLATION). Calls take a slot of a bounded pool (per executor and per tool), so one slow
+tool cannot hold every slot. Retryable failures (timeouts, 429, 5xx) are retried here with
+exponential backoff and jitter, waiting at least an upstream's Retry-After; what still fails
+becomes a StepFailed with the typed error, for the planner to decide.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections import defaultdict
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import httpx
 from opentelemetry import trace
-from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception,
+    stop_after_attempt,
+    wait_exponential,
+    wait_random,
+)
 
 from shared.events import ErrorCode, StepDispatched, StepFailed, StepSucceeded, TypedError, Usage
 from shared.models.client import ModelError, ModelResult
 from shared.telemetry.tracing import record_error, tool_span
-from shared.tools.registry import ToolContext, ToolError, ToolRegistry
+from shared.tools.policy import ToolPolicy
+from shared.tools.registry import ToolContext, ToolError, ToolRegistry, ToolSpec
 
 SOURCE = "goalrail/executor"
 
@@ -27,6 +42,26 @@ class ModelRunner(Protocol):
     async def complete(
         self, model: str, task_type: str, instruction: str, data: dict[str, Any], fallbacks: list[str] | None = None
     ) -> ModelResult: ...
+
+
+class ToolLimiter:
+    """Bounded concurrency of tool calls: `total` per executor, `per_tool` per tool name."""
+
+    def __init__(self, total: int = 16, per_tool: int = 4) -> None:
+        self.total = total
+        self.per_tool = per_tool
+        self._total = asyncio.Semaphore(total)
+        self._tools: defaultdict[str, asyncio.Semaphore] = defaultdict(lambda: asyncio.Semaphore(per_tool))
+        self.in_flight: defaultdict[str, int] = defaultdict(int)
+
+    @asynccontextmanager
+    async def slot(self, tool: str) -> AsyncIterator[None]:
+        async with self._tools[tool], self._total:
+            self.in_flight[tool] += 1
+            try:
+                yield
+            finally:
+                self.in_flight[tool] -= 1
 
 
 @dataclass(frozen=True)
@@ -38,6 +73,9 @@ class StepRunner:
     tool_config: dict[str, Any]
     attempts: int = 3
     max_backoff_s: float = 2.0
+    policy: ToolPolicy | None = None  # None: tenants are not checked (allowed_tools still are)
+    limiter: ToolLimiter = field(default_factory=ToolLimiter)
+    max_retry_after_s: float = 5.0  # a longer Retry-After fails the step (RATE_LIMITED) instead
 
     async def run(self, event: StepDispatched) -> StepSucceeded | StepFailed:
         started = time.perf_counter()
@@ -66,32 +104,45 @@ class StepRunner:
     async def _retrying(self, call: Callable[[], Awaitable[Any]]) -> Any:
         async for attempt in AsyncRetrying(
             stop=stop_after_attempt(self.attempts),
-            wait=wait_exponential_jitter(initial=0.1, max=self.max_backoff_s),
-            retry=retry_if_exception(lambda e: isinstance(e, (ToolError, ModelError)) and e.error.retryable),
+            wait=self._wait,
+            retry=retry_if_exception(self._should_retry),
             reraise=True,
         ):
             with attempt:
                 return await call()
 
+    def _should_retry(self, exc: BaseException) -> bool:
+        if not isinstance(exc, (ToolError, ModelError)) or not exc.error.retryable:
+            return False
+        retry_after = exc.error.details.get("retry_after_s")
+        return retry_after is None or retry_after <= self.max_retry_after_s
+
+    def _wait(self, state: RetryCallState) -> float:
+        # random jitter on top of the exponential step, so retries of many goals do not align
+        backoff = (wait_exponential(multiplier=0.1, max=self.max_backoff_s)
+                   + wait_random(0, min(0.1, self.max_backoff_s)))(state)
+        exc = state.outcome.exception() if state.outcome else None
+        retry_after = exc.error.details.get("retry_after_s") if isinstance(exc, ToolError) else None
+        return max(backoff, float(retry_after)) if retry_after is not None else backoff
+
     async def _call_tool(self, event: StepDispatched) -> Any:
         name = event.binding.tool or ""
         with tool_span(self.tracer, name, execution_key(event)) as span:
             try:
-                if event.allowed_tools is not None and name not in event.allowed_tools:
-                    raise ToolError(
-                        TypedError(
-                            code=ErrorCode.PERMISSION_DENIED,
-                            message=f"goal {event.goal_id} may not use tool {name!r}",
-                            details={"tool": name, "allowed_tools": event.allowed_tools},
-                        )
-                    )
+                spec = self.tools.get(name).spec
+                span.set_attribute("goalrail.tool.side_effect", spec.side_effect)
+                span.set_attribute("goalrail.tool.source", spec.source)
+                refusal = permission_error(self.policy, spec, event)
+                if refusal is not None:
+                    raise ToolError(refusal)
                 context = ToolContext(
                     idempotency_key=tool_idempotency_key(event),
                     call_id=execution_key(event),
                     http=self.http,
                     config=self.tool_config,
                 )
-                return await self.tools.call(name, event.resolved_inputs, context)
+                async with self.limiter.slot(name):
+                    return await self.tools.call(name, event.resolved_inputs, context)
             except ToolError as exc:
                 record_error(span, exc.error.code.value, exc.error.message, exc.error.retryable)
                 raise
@@ -105,6 +156,29 @@ class StepRunner:
             event.resolved_inputs,
             fallbacks=event.binding.fallbacks,
         )
+
+
+def permission_error(policy: ToolPolicy | None, spec: ToolSpec, event: StepDispatched) -> TypedError | None:
+    """Why this step may not call this tool, or None."""
+    if policy is not None:
+        refusal = policy.check(spec, event.tenant, event.allowed_tools)
+        if refusal is not None:
+            return refusal
+    elif event.allowed_tools is not None and spec.name not in event.allowed_tools:
+        return TypedError(
+            code=ErrorCode.PERMISSION_DENIED,
+            message=f"goal {event.goal_id} may not use tool {spec.name!r}",
+            details={"tool": spec.name, "allowed_tools": event.allowed_tools,
+                     "hint": "add the tool to the goal's constraints.allowed_tools, or plan without it"},
+        )
+    if spec.side_effect == "irreversible" and not event.step.needs_approval:
+        return TypedError(
+            code=ErrorCode.POLICY_VIOLATION,
+            message=f"tool {spec.name!r} is irreversible; its step {event.step.id!r} must be approved first",
+            details={"tool": spec.name, "step_id": event.step.id, "side_effect": spec.side_effect,
+                     "hint": "mark the step needs_approval so an operator decides"},
+        )
+    return None
 
 
 def execution_key(event: StepDispatched) -> str:

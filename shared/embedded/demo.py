@@ -88,6 +88,11 @@ async def run_demo(goal: str, timeout: float, workdir: Path, console: Console) -
             console.rule("[bold]Report summary")
             console.print(outcome.outputs["summary"])
         _print_trace(collector, outcome.trace_id, console)
+        console.print(
+            f"audit trail: goalrail audit show {outcome.goal_id} --workdir {workdir}  ·  "
+            f"KPIs: goalrail kpis --workdir {workdir}",
+            highlight=False,
+        )
         return isinstance(outcome, GoalCompleted)
     finally:
         with console.status("stopping…"):
@@ -144,6 +149,7 @@ async def run_until_interrupted(workdir: Path, console: Console) -> None:
     workdir = fresh_workdir(workdir)
     async with EmbeddedStack(workdir) as stack:
         console.print(f"Goalrail is up. Broker: [bold]{stack.bootstrap}[/]  demo API: {stack.demo_api_url}")
+        console.print(f"Auditor API (KPIs, audit trail): {stack.auditor_url}/kpis")
         console.print(f'Try: goalrail goal submit "Prepare the Q2 sales report" --wait -b {stack.bootstrap}')
         console.print("Ctrl-C stops everything.")
         with contextlib.suppress(asyncio.CancelledError):

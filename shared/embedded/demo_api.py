@@ -1,9 +1,10 @@
 """The demo business systems the embedded stack starts as its own process: a sales system, a
-CRM and a report writer, each a real HTTP API with an OpenAPI document.
+CRM, a report writer and a project tracker, each a real HTTP API with an OpenAPI document.
 
 Figures are derived from a hash of the period, so every run tells the same story. The report
 writer honours `Idempotency-Key` like a well-behaved business API: a repeated key returns the
-stored response and changes nothing.
+stored response and changes nothing. With `GOALRAIL_DEMO_API_KEY` set, requests need that key
+in `X-Api-Key` (the tools send it from the same variable).
 """
 
 from __future__ import annotations
@@ -14,9 +15,10 @@ import hashlib
 import os
 from collections import defaultdict
 from datetime import datetime, timezone
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from fastapi import FastAPI, Header, HTTPException, Query, Response
+from fastapi import FastAPI, Header, HTTPException, Query, Request, Response
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 REGIONS = ("EMEA", "Americas", "APAC")
@@ -79,6 +81,30 @@ class Report(BaseModel):
     idempotency_key: str
 
 
+class IssueDraft(BaseModel):
+    title: str = Field(min_length=1, max_length=200)
+    description: str = ""
+    assignee: str | None = None
+    labels: list[str] = Field(default_factory=list)
+
+
+class IssueUpdate(BaseModel):
+    status: Literal["open", "in_progress", "done"] | None = None
+    comment: str | None = Field(None, min_length=1)
+
+
+class Issue(BaseModel):
+    issue_id: str
+    title: str
+    description: str
+    assignee: str | None
+    labels: list[str]
+    status: Literal["open", "in_progress", "done"]
+    url: str
+    history: list[str] = Field(description="One line per change that took effect.")
+    created_at: datetime
+
+
 class WriteCall(BaseModel):
     method: str
     path: str
@@ -117,18 +143,22 @@ def sales_figures(quarter: str, year: int) -> SalesFigures:
     return SalesFigures(quarter=quarter, year=year, regions=regions, totals=totals)
 
 
-def create_app(write_delay_s: float = 0.0) -> FastAPI:
+def create_app(write_delay_s: float = 0.0, api_key: str | None = None, outbox: Any = None) -> FastAPI:
+    """The demo API; with `api_key`, every business route needs it in `X-Api-Key`; with an SMTP
+    `outbox` (shared.embedded.demo_smtp), GET /outbox/messages lists what it received."""
     app = FastAPI(title="Goalrail demo business systems", version="1.0.0")
     reports: dict[str, Report] = {}
     bodies: dict[str, ReportDraft] = {}
     calls: list[WriteCall] = []
     locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
 
-    @app.get("/sales/figures", operation_id="get_sales_figures", summary="Sales figures of one quarter")
+    @app.get("/sales/figures", operation_id="get_sales_figures", summary="Sales figures of one quarter",
+             description="Sales system: revenue, target and deals per region for one quarter, with totals.")
     async def get_sales_figures(quarter: Quarter, year: Year) -> SalesFigures:
         return sales_figures(quarter, year)
 
-    @app.get("/crm/accounts/top", operation_id="get_top_accounts", summary="Top accounts by revenue")
+    @app.get("/crm/accounts/top", operation_id="get_top_accounts", summary="Top accounts by revenue",
+             description="CRM: the customer accounts with the most revenue in one quarter.")
     async def get_top_accounts(quarter: Quarter, year: Year, limit: Annotated[int, Query(ge=1, le=20)] = 3) -> TopAccounts:
         statuses = ("active", "at_risk", "expanding")
         accounts = [
@@ -139,7 +169,9 @@ def create_app(write_delay_s: float = 0.0) -> FastAPI:
         accounts.sort(key=lambda a: a.revenue, reverse=True)
         return TopAccounts(quarter=quarter, year=year, accounts=accounts[:limit])
 
-    @app.post("/reports", operation_id="publish_report", summary="Publish a report", status_code=201)
+    @app.post("/reports", operation_id="publish_report", summary="Publish a report", status_code=201,
+              description="Report writer: publish a report to its audience. Idempotent per Idempotency-Key: "
+              "a repeated key returns the stored report (HTTP 200) and publishes nothing new.")
     async def publish_report(
         draft: ReportDraft,
         response: Response,
@@ -170,6 +202,76 @@ def create_app(write_delay_s: float = 0.0) -> FastAPI:
             call.completed = True
             return reports[idempotency_key]
 
+    # --- project tracker ---------------------------------------------------------------------
+    issues: dict[str, Issue] = {}
+    replies: dict[str, tuple[str, Issue]] = {}  # Idempotency-Key -> (request fingerprint, answer)
+
+    async def once(method: str, path: str, key: str | None, body: BaseModel, response: Response,
+                   apply: Any) -> Issue:
+        """Apply a tracker write once per Idempotency-Key; a repeat gets the first answer."""
+        call = WriteCall(method=method, path=path, idempotency_key=key, received_at=datetime.now(timezone.utc))
+        calls.append(call)
+        if not key:
+            raise HTTPException(400, {"error": "missing_idempotency_key",
+                                      "message": f"{method} {path} needs an Idempotency-Key header"})
+        fingerprint = f"{method} {path} {body.model_dump_json()}"
+        async with locks[key]:
+            if key in replies:
+                if replies[key][0] != fingerprint:
+                    raise HTTPException(409, {"error": "idempotency_key_reused",
+                                              "message": "this Idempotency-Key was used with a different request"})
+                response.status_code = 200
+                call.completed = True
+                return replies[key][1]
+            issue = apply()
+            replies[key] = (fingerprint, issue.model_copy(deep=True))
+            call.completed = True
+            return issue
+
+    @app.post("/tracker/issues", operation_id="create_issue", summary="Create an issue", status_code=201,
+              description="Project tracker: open an issue (a task) for a person. Idempotent per Idempotency-Key.")
+    async def create_issue(
+        draft: IssueDraft,
+        response: Response,
+        idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
+    ) -> Issue:
+        def apply() -> Issue:
+            issue_id = f"ISS-{len(issues) + 1}"
+            issues[issue_id] = Issue(issue_id=issue_id, status="open", url=f"/tracker/issues/{issue_id}",
+                                     history=[f"created: {draft.title}"], created_at=datetime.now(timezone.utc),
+                                     **draft.model_dump())
+            return issues[issue_id]
+
+        return await once("POST", "/tracker/issues", idempotency_key, draft, response, apply)
+
+    @app.patch("/tracker/issues/{issue_id}", operation_id="update_issue", summary="Update an issue",
+               description="Project tracker: change an issue's status and/or add a comment. Idempotent per "
+               "Idempotency-Key.")
+    async def update_issue(
+        issue_id: str,
+        update: IssueUpdate,
+        response: Response,
+        idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
+    ) -> Issue:
+        if issue_id not in issues:
+            raise HTTPException(404, {"error": "not_found", "message": f"no issue {issue_id}"})
+
+        def apply() -> Issue:
+            issue = issues[issue_id]
+            if update.status and update.status != issue.status:
+                issue.history.append(f"status: {issue.status} -> {update.status}")
+                issue.status = update.status
+            if update.comment:
+                issue.history.append(f"comment: {update.comment}")
+            return issue
+
+        return await once("PATCH", f"/tracker/issues/{issue_id}", idempotency_key, update, response, apply)
+
+    @app.get("/tracker/issues", operation_id="list_issues", summary="Issues",
+             description="Project tracker: the issues, optionally only those with one status.")
+    async def list_issues(status: Literal["open", "in_progress", "done"] | None = None) -> list[Issue]:
+        return [i for i in issues.values() if status is None or i.status == status]
+
     @app.get("/reports", operation_id="list_reports", summary="All published reports")
     async def list_reports() -> list[Report]:
         return list(reports.values())
@@ -189,6 +291,19 @@ def create_app(write_delay_s: float = 0.0) -> FastAPI:
     async def health() -> dict[str, str]:
         return {"status": "ok"}
 
+    if outbox is not None:
+        @app.get("/outbox/messages", operation_id="list_outbox", summary="Mail received by the SMTP outbox")
+        async def list_outbox() -> list[dict[str, Any]]:
+            return [m.model_dump(mode="json") for m in outbox.messages]
+
+    if api_key:
+        @app.middleware("http")
+        async def require_api_key(request: Request, call_next: Any) -> Any:
+            open_paths = ("/healthz", "/openapi.json", "/docs", "/_calls")
+            if request.url.path not in open_paths and request.headers.get("x-api-key") != api_key:
+                return JSONResponse({"error": "unauthorized", "message": "missing or wrong X-Api-Key"}, 401)
+            return await call_next(request)
+
     return app
 
 
@@ -200,8 +315,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=8123)
     parser.add_argument("--write-delay", type=float, default=float(os.environ.get("GOALRAIL_DEMO_WRITE_DELAY_S", 0)),
                         help="Seconds each report write takes (to test crashes mid-write).")
+    parser.add_argument("--smtp-port", type=int, default=int(os.environ.get("GOALRAIL_DEMO_SMTP_PORT", 0)),
+                        help="Also run the SMTP outbox (the mail system) on this port; 0 = off.")
     args = parser.parse_args(argv)
-    uvicorn.run(create_app(args.write_delay), host=args.host, port=args.port, log_level="warning")
+    api_key = os.environ.get("GOALRAIL_DEMO_API_KEY") or None
+    if args.smtp_port:
+        from shared.embedded.demo_smtp import SMTPOutboxServer
+
+        with SMTPOutboxServer(args.host, args.smtp_port) as smtp:
+            uvicorn.run(create_app(args.write_delay, api_key, smtp.outbox), host=args.host, port=args.port,
+                        log_level="warning")
+        return
+    uvicorn.run(create_app(args.write_delay, api_key), host=args.host, port=args.port, log_level="warning")
 
 
 if __name__ == "__main__":

@@ -92,6 +92,7 @@ class EmbeddedStack:
     extra_env: dict[str, str] = field(default_factory=dict)
     broker: Broker = field(init=False)
     demo_api_port: int = field(default_factory=free_port)
+    auditor_http_port: int = field(default_factory=free_port)
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -105,6 +106,11 @@ class EmbeddedStack:
     def demo_api_url(self) -> str:
         return f"http://127.0.0.1:{self.demo_api_port}"
 
+    @property
+    def auditor_url(self) -> str:
+        """The auditor's HTTP API (KPIs, audit trail)."""
+        return f"http://127.0.0.1:{self.auditor_http_port}"
+
     def env(self) -> dict[str, str]:
         env = {
             **os.environ,
@@ -113,6 +119,7 @@ class EmbeddedStack:
             "GOALRAIL_KAFKA_SESSION_TIMEOUT_MS": "6000",
             "GOALRAIL_MONGO_URL": f"embedded://{self.workdir / 'store'}",
             "GOALRAIL_DEMO_API_URL": self.demo_api_url,
+            "GOALRAIL_AUDITOR_HTTP_PORT": str(self.auditor_http_port),
             "LITELLM_LOCAL_MODEL_COST_MAP": "True",
             "OTEL_BSP_SCHEDULE_DELAY": "200",
             "PYTHONUNBUFFERED": "1",

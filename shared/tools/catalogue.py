@@ -1,81 +1,105 @@
-"""The built-in tool catalogue: the demo business systems and no-op tools for benchmarks."""
+"""The tool catalogue: Python tools defined here with `@tool`, plus the tool sources of the tools
+config (OpenAPI documents, MCP servers). The demo business systems' tools (`sales.get_figures`,
+`crm.top_accounts`, `reports.publish`, …) are imported from the demo API's OpenAPI document."""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+import asyncio
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
 
+import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
-from shared.tools.registry import ToolContext, ToolRegistry
+from shared.settings import Settings
+from shared.tools.documents import render_chart, write_spreadsheet
+from shared.tools.mail import deliver_mail
+from shared.tools.mcp import MCPSource, mcp_tools
+from shared.tools.openapi import OpenAPISource, load_document, openapi_tools
+from shared.tools.registry import ToolRegistry, tool
 
 
-class PeriodQuery(BaseModel):
-    quarter: str = Field(pattern=r"^Q[1-4]$", description="Quarter, e.g. Q3.")
-    year: int = Field(ge=2000, le=2100)
-
-
-class TopAccountsQuery(PeriodQuery):
-    limit: int = Field(3, ge=1, le=20)
-
-
-class ReportDraft(BaseModel):
-    title: str = Field(min_length=1, max_length=200)
-    body: str = Field(min_length=1)
-    audience: Literal["board", "management", "team"] = "board"
-
-
-class PublishedReport(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    report_id: str
-    url: str
+log = logging.getLogger("goalrail.tools")
 
 
 class EchoInput(BaseModel):
     model_config = ConfigDict(extra="allow")
 
 
-def _demo_url(ctx: ToolContext, path: str) -> str:
-    return ctx.config.get("demo_api_url", "http://127.0.0.1:8123").rstrip("/") + path
+class Echo(BaseModel):
+    echo: dict[str, Any]
 
 
-def build_catalogue() -> ToolRegistry:
+@tool("noop.echo", permission_scope="noop", timeout_s=5, data_classes=["public"])
+async def echo(args: EchoInput) -> Echo:
+    """No-op: returns its input (benchmarks and tests)."""
+    return Echo(echo=args.model_dump())
+
+
+PYTHON_TOOLS = [echo, write_spreadsheet, render_chart, deliver_mail]
+
+
+def tool_config(settings: Settings) -> dict[str, str]:
+    """What tools read from the settings (base URLs, folders, mail server), passed per call."""
+    return {"demo_api_url": settings.demo_api_url, "artifacts_dir": str(settings.artifacts_dir),
+            "smtp_url": settings.smtp_url, "smtp_from": settings.smtp_from}
+
+
+class ToolsConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    version: int = 1
+    openapi: list[OpenAPISource] = Field(default_factory=list)
+    mcp: list[MCPSource] = Field(default_factory=list)
+
+    @classmethod
+    def load(cls, path: Path) -> "ToolsConfig":
+        return cls.model_validate(yaml.safe_load(path.read_text()) or {})
+
+
+def build_catalogue(settings: Settings | None = None, *, mcp: bool = True) -> ToolRegistry:
+    """Every tool this deployment knows: the Python tools, the configured OpenAPI sources and
+    (with `mcp`) the tools of the configured MCP servers.
+
+    Synchronous, so planner and executor build the same catalogue at start; network-free for
+    file documents and no MCP sources (the default config). MCP discovery runs on its own event
+    loop in a worker thread, so this also works when called from async code.
+    """
+    settings = settings or Settings()
     registry = ToolRegistry()
-
-    @registry.tool("sales.get_figures", input_model=PeriodQuery, timeout_s=10)
-    async def get_sales_figures(args: PeriodQuery, ctx: ToolContext) -> Any:
-        """Sales system: revenue, target and deals per region for one quarter, with totals."""
-        response = await ctx.http.get(_demo_url(ctx, "/sales/figures"), params=args.model_dump())
-        response.raise_for_status()
-        return response.json()
-
-    @registry.tool("crm.top_accounts", input_model=TopAccountsQuery, timeout_s=10)
-    async def get_top_accounts(args: TopAccountsQuery, ctx: ToolContext) -> Any:
-        """CRM: the customer accounts with the most revenue in one quarter."""
-        response = await ctx.http.get(_demo_url(ctx, "/crm/accounts/top"), params=args.model_dump())
-        response.raise_for_status()
-        return response.json()
-
-    @registry.tool(
-        "reports.publish",
-        input_model=ReportDraft,
-        output_model=PublishedReport,
-        side_effect="write",
-        timeout_s=30,
-    )
-    async def publish_report(args: ReportDraft, ctx: ToolContext) -> Any:
-        """Report writer: publish a report to its audience (idempotent per Idempotency-Key)."""
-        response = await ctx.http.post(
-            _demo_url(ctx, "/reports"),
-            json=args.model_dump(),
-            headers={"Idempotency-Key": ctx.idempotency_key},
-        )
-        response.raise_for_status()
-        return response.json()
-
-    @registry.tool("noop.echo", input_model=EchoInput, timeout_s=5)
-    async def echo(args: EchoInput, ctx: ToolContext) -> Any:
-        """No-op: returns its input (benchmarks and tests)."""
-        return {"echo": args.model_dump()}
-
+    for fn in PYTHON_TOOLS:
+        registry.add(fn)
+    config_path = Path(settings.tools_config)
+    config = ToolsConfig.load(config_path)
+    values = settings.model_dump(mode="json")
+    for source in config.openapi:
+        document = load_document(source.document, config_path.parent, settings.tool_timeout_s)
+        url = source.document if source.document.startswith(("http://", "https://")) else None
+        tools, secrets = openapi_tools(document, source, document_url=url, settings=values)
+        registry.extend(tools)
+        registry.add_secrets(secrets)
+    if mcp and config.mcp:
+        with ThreadPoolExecutor(1, thread_name_prefix="mcp-discovery") as pool:
+            pool.submit(asyncio.run, add_mcp_tools(registry, settings)).result()
     return registry
+
+
+async def add_mcp_tools(registry: ToolRegistry, settings: Settings | None = None) -> list[str]:
+    """Discover the configured MCP servers' tools into `registry`; returns the names of sources
+    that could not be reached (logged, skipped: one dead server must not stop the executor)."""
+    settings = settings or Settings()
+    failed: list[str] = []
+    for source in ToolsConfig.load(Path(settings.tools_config)).mcp:
+        try:
+            tools, secrets = await mcp_tools(source)
+        except Exception as exc:
+            log.error("MCP source %s unavailable, its tools are not in the catalogue: %s", source.name, exc)
+            failed.append(source.name)
+            continue
+        registry.extend(tools)
+        registry.add_secrets(secrets)
+    return failed
+
 
