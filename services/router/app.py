@@ -1,4 +1,5 @@
-"""Router service: consumes ready steps, publishes dispatched steps with their binding."""
+"""Router service: consumes ready steps and publishes them dispatched with their binding (or
+refused); consumes step results to learn model statistics and charge budgets."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ from functools import partial
 from faststream import FastStream
 
 from services.router.handlers import RouterDeps, handle
+from services.router.prices import litellm_price
 from services.router.routing import load_routing_table
+from services.router.store import RouterStore
 from shared.events import Topic
 from shared.service import ServiceRuntime
 from shared.settings import Settings
@@ -18,10 +21,8 @@ NAME = "router"
 
 def create_app(settings: Settings) -> FastStream:
     runtime = ServiceRuntime(NAME, settings)
-    decisions = open_database(settings.mongo_url, f"goalrail_{NAME}")["decisions"]
-    deps = RouterDeps(decisions=decisions, table=load_routing_table(settings.routing_table))
-
-    async def init() -> None:
-        await decisions.create_index("goal_id")
-
-    return runtime.app([Topic.STEPS_READY], partial(handle, deps=deps), on_startup=[init])
+    store = RouterStore(open_database(settings.mongo_url, f"goalrail_{NAME}"))
+    deps = RouterDeps(
+        decisions=store.decisions, table=load_routing_table(settings.routing_table), store=store, price=litellm_price
+    )
+    return runtime.app([Topic.STEPS_READY, Topic.STEPS_RESULTS], partial(handle, deps=deps), on_startup=[store.init])

@@ -15,8 +15,9 @@ from typing import Any
 from opentelemetry import trace
 
 from shared.events import ErrorCode, TypedError, Usage
-from shared.models import offline_writer
+from shared.models import offline_planner, offline_writer
 from shared.models.prompts import build_messages, parse_messages
+from shared.models.routing_table import Candidate, RoutingTable, load_routing_table
 from shared.telemetry.tracing import model_span, record_error, record_model_response
 
 OFFLINE_PROVIDER = "goalrail"
@@ -56,7 +57,10 @@ def register_offline_provider(litellm: Any) -> None:
 
         def completion(self, model: str, messages: list, *args: Any, **kwargs: Any) -> Any:
             task_type, instruction, data = parse_messages(messages)
-            text = offline_writer.write(task_type, instruction, data)
+            if task_type == "plan":
+                text = offline_planner.plan(instruction, data)
+            else:
+                text = offline_writer.write(task_type, instruction, data)
             prompt_tokens = sum(len(str(m.get("content", "")).split()) for m in messages)
             completion_tokens = len(text.split())
             return litellm.ModelResponse(
@@ -76,51 +80,125 @@ def register_offline_provider(litellm: Any) -> None:
 
 
 class ModelClient:
-    """Calls one model (with litellm fallbacks) for a Goalrail task and traces it."""
+    """Calls a model for a Goalrail task through litellm's Router, and traces it.
 
-    def __init__(self, tracer: trace.Tracer, timeout_s: float = 60.0, trace_content: bool = False) -> None:
+    Every model of the routing table is a Router deployment (its api_base, key, price and
+    `max_latency_s` as timeout); the binding's fallbacks become the call's fallback chain. Retries,
+    fallbacks and cooldowns of failing deployments are litellm's, configured by the table's
+    `router:` section. A model string missing from the table is added as a plain deployment.
+    """
+
+    def __init__(
+        self,
+        tracer: trace.Tracer,
+        timeout_s: float = 60.0,
+        trace_content: bool = False,
+        table: RoutingTable | None = None,
+    ) -> None:
         self._tracer = tracer
         self._timeout_s = timeout_s
         self._trace_content = trace_content
+        self._table = table
         self._litellm: Any = None
+        self._router: Any = None
+        self._deployments: dict[str, dict[str, Any]] = {}
 
     def _ensure_litellm(self) -> Any:
         self._litellm = self._litellm or _litellm()
         return self._litellm
 
-    async def warm_up(self) -> None:
-        """Import litellm and make one untraced offline call: its first call loads lazily
-        imported modules, a cost the first goal should not pay."""
+    def _ensure_router(self, models: list[str]) -> Any:
+        """The litellm Router, rebuilt only when a call names a model it does not know."""
+        if self._router is not None and all(m in self._deployments for m in models):
+            return self._router
         litellm = self._ensure_litellm()
-        await litellm.acompletion(model=f"{OFFLINE_PROVIDER}/warm-up", messages=build_messages("write", "warm up", {}))
+        if self._table is None:
+            from shared.settings import Settings
+
+            self._table = load_routing_table(Settings().routing_table)
+        table = self._table
+        known = table.candidates()
+        for model in [*known, *models]:
+            if model not in self._deployments:
+                candidate = known.get(model) or Candidate(model=model)
+                self._deployments[model] = {
+                    "model_name": model,
+                    "litellm_params": candidate.litellm_params(),
+                    "model_info": {"id": model},
+                }
+        settings = table.router
+        fails = settings.allowed_fails
+        self._router = litellm.Router(
+            model_list=list(self._deployments.values()),
+            num_retries=settings.num_retries,
+            timeout=self._timeout_s,
+            cooldown_time=settings.cooldown_s,
+            # per exception type, so a model that is the only deployment of its group is cooled
+            # down too (litellm spares lone deployments under a plain `allowed_fails`)
+            allowed_fails_policy=litellm.types.router.AllowedFailsPolicy(
+                RateLimitErrorAllowedFails=fails,
+                TimeoutErrorAllowedFails=fails,
+                InternalServerErrorAllowedFails=fails,
+                ServiceUnavailableErrorAllowedFails=fails,
+                BadGatewayErrorAllowedFails=fails,
+            ),
+        )
+        return self._router
+
+    async def warm_up(self) -> None:
+        """Import litellm, build the Router and make one untraced offline call: its first call
+        loads lazily imported modules, a cost the first goal should not pay."""
+        warm_up = f"{OFFLINE_PROVIDER}/warm-up"
+        router = self._ensure_router([warm_up])
+        await router.acompletion(model=warm_up, messages=build_messages("write", "warm up", {}))
 
     async def complete(
-        self, model: str, task_type: str, instruction: str, data: dict[str, Any], fallbacks: list[str] | None = None
+        self,
+        model: str,
+        task_type: str,
+        instruction: str,
+        data: dict[str, Any],
+        fallbacks: list[str] | None = None,
+        *,
+        messages: list[dict[str, str]] | None = None,
+        response_format: dict[str, Any] | None = None,
     ) -> ModelResult:
-        litellm = self._ensure_litellm()
-        provider = model.split("/", 1)[0] if "/" in model else "openai"
-        messages = build_messages(task_type, instruction, data)
+        """`ModelResult.model` is the model string (deployment) that answered, which is a
+        fallback's when the first model failed. `messages` replaces the standard prompt (the
+        planner has its own); `response_format` asks for structured output (a JSON schema)."""
+        fallbacks = [f for f in fallbacks or [] if f != model]
+        router = self._ensure_router([model, *fallbacks])
+        provider = _provider(model)
+        messages = messages or build_messages(task_type, instruction, data)
         started = time.perf_counter()
         with model_span(self._tracer, model, provider) as span:
             try:
-                response = await litellm.acompletion(
-                    model=model, messages=messages, timeout=self._timeout_s, fallbacks=fallbacks or None
-                )
+                extra: dict[str, Any] = {"fallbacks": [{model: fallbacks}]} if fallbacks else {}
+                if response_format:
+                    extra["response_format"] = response_format
+                response = await router.acompletion(model=model, messages=messages, **extra)
             except Exception as exc:  # noqa: BLE001 — litellm raises many provider-specific types
                 error = _model_error(model, exc)
                 record_error(span, error.code.value, error.message, error.retryable)
                 raise ModelError(error) from exc
+            hidden = getattr(response, "_hidden_params", {}) or {}
+            served = hidden.get("model_id") if hidden.get("model_id") in self._deployments else model
             text = response.choices[0].message.content or ""
             usage = Usage(
                 input_tokens=response.usage.prompt_tokens,
                 output_tokens=response.usage.completion_tokens,
-                cost_usd=0.0 if provider == OFFLINE_PROVIDER else _cost(litellm, response),
+                cost_usd=0.0 if _provider(served) == OFFLINE_PROVIDER else _cost(self._litellm, response),
             )
-            response_model = response.model or model
-            record_model_response(span, response_model, usage.input_tokens, usage.output_tokens)
+            if served != model:
+                span.set_attribute("goalrail.model.fallback", served)
+            record_model_response(span, response.model or served, usage.input_tokens, usage.output_tokens)
             if self._trace_content:
                 span.set_attribute("gen_ai.output.preview", text[:200])
-        return ModelResult(text, response_model, usage, (time.perf_counter() - started) * 1000)
+        return ModelResult(text, served, usage, (time.perf_counter() - started) * 1000)
+
+
+def _provider(model: str) -> str:
+    return model.split("/", 1)[0] if "/" in model else "openai"
 
 
 def _cost(litellm: Any, response: Any) -> float:
@@ -136,7 +214,7 @@ def _cost(litellm: Any, response: Any) -> float:
 def _model_error(model: str, exc: Exception) -> TypedError:
     status = getattr(exc, "status_code", None)
     name = type(exc).__name__
-    if status == 429 or name == "RateLimitError":
+    if status == 429 or name in {"RateLimitError", "RouterRateLimitError"}:
         code, retryable = ErrorCode.RATE_LIMITED, True
     elif name in {"Timeout", "APITimeoutError"} or isinstance(exc, TimeoutError):
         code, retryable = ErrorCode.UPSTREAM_TIMEOUT, True

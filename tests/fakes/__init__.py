@@ -1,0 +1,1 @@
+"""Fakes of external systems that tests start on loopback."""
