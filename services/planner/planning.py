@@ -5,14 +5,14 @@ from __future__ import annotations
 import graphlib
 import re
 from collections.abc import Iterable
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, Field, ValidationError
 
-from shared.events import ErrorCode, Plan, Step, TypedError
+from shared.events import ErrorCode, GoalSpec, Plan, Step, TypedError
 
 StepStatus = Literal["pending", "running", "succeeded", "failed"]
 _PARAM = re.compile(r"\{\{\s*([a-z_][a-z0-9_]*)\s*\}\}")
@@ -230,19 +230,68 @@ def _lookup(ref: str, step_outputs: dict[str, Any], goal_input: dict[str, Any]) 
     if parts[0] == "goal":
         current: Any = {"input": goal_input}
         path = parts[1:]
-    else:
+    elif parts[0] == "steps" and len(parts) >= 3 and parts[2] == "output" and parts[1] in step_outputs:
         current, path = step_outputs[parts[1]], parts[3:]
+    else:
+        # plan outputs are not checked by validate_plan: a bad one must fail the plan, not the handler
+        raise _unresolved(ref, f"no output of step {parts[1]!r}" if len(parts) > 1 else "not a reference")
     for key in path:
         if isinstance(current, dict) and key in current:
             current = current[key]
         elif isinstance(current, list) and key.isdigit() and int(key) < len(current):
             current = current[int(key)]
         else:
-            raise PlanningError(
-                TypedError(
-                    code=ErrorCode.INVALID_INPUT,
-                    message=f"reference {ref!r} does not resolve: no {key!r}",
-                    details={"ref": ref},
-                )
-            )
+            raise _unresolved(ref, f"no {key!r}")
     return current
+
+
+def _unresolved(ref: str, why: str) -> PlanningError:
+    return PlanningError(
+        TypedError(
+            code=ErrorCode.INVALID_INPUT,
+            message=f"reference {ref!r} does not resolve: {why}",
+            details={"ref": ref},
+        )
+    )
+
+
+def carry_over(progress: Progress, old: Plan, new: Plan) -> Progress:
+    """Progress of a revised plan: steps it keeps unchanged keep their state (done or in flight);
+    new or changed steps start pending, their attempt counter going on so event ids stay unique."""
+    before = {s.id: s for s in old.steps}
+    states: dict[str, StepState] = {}
+    for step in new.steps:
+        state = progress.steps.get(step.id)
+        if state is not None and before.get(step.id) == step and state.status in ("succeeded", "running"):
+            states[step.id] = state.model_copy(deep=True)
+        else:
+            states[step.id] = StepState(attempt=state.attempt if state else 0)
+    return Progress(steps=states)
+
+
+def over_limits(goal: GoalSpec, submitted_at: datetime, cost_usd: float, now: datetime) -> TypedError | None:
+    """The limit a goal has passed (deadline, time budget, money budget), None while within."""
+    budget = goal.constraints.budget
+    elapsed = (now - submitted_at).total_seconds()
+    deadline = goal.deadline
+    if deadline is not None and deadline.tzinfo is None:
+        deadline = deadline.replace(tzinfo=timezone.utc)  # a deadline without a zone is read as UTC
+    if deadline is not None and now > deadline:
+        return TypedError(
+            code=ErrorCode.DEADLINE_EXCEEDED,
+            message=f"the goal passed its deadline {deadline.isoformat()} ({(now - deadline).total_seconds():.0f}s ago)",
+            details={"deadline": deadline.isoformat(), "now": now.isoformat()},
+        )
+    if budget.max_seconds is not None and elapsed > budget.max_seconds:
+        return TypedError(
+            code=ErrorCode.BUDGET_EXCEEDED,
+            message=f"the goal ran {elapsed:.1f}s, over its time budget of {budget.max_seconds:g}s",
+            details={"limit": "max_seconds", "max_seconds": budget.max_seconds, "elapsed_s": round(elapsed, 3)},
+        )
+    if budget.max_cost_usd is not None and cost_usd > budget.max_cost_usd:
+        return TypedError(
+            code=ErrorCode.BUDGET_EXCEEDED,
+            message=f"the goal cost ${cost_usd:.4f}, over its budget of ${budget.max_cost_usd:g}",
+            details={"limit": "max_cost_usd", "max_cost_usd": budget.max_cost_usd, "cost_usd": cost_usd},
+        )
+    return None

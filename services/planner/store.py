@@ -32,6 +32,13 @@ class GoalRecord(BaseModel):
     progress: Progress | None = None
     status: str = "running"
     retries: int = 0
+    replans: int = 0
+    failure_chain: list[dict[str, Any]] = Field(default_factory=list)
+    # epoch seconds when the goal passes its deadline or time budget; the sweep ends it then
+    expires_at: float | None = None
+    # events of a sweep-made change, stored before they are published (nothing redelivers them)
+    unpublished: list[dict[str, Any]] = Field(default_factory=list)
+    has_unpublished: bool = False
     usage: Usage = Field(default_factory=Usage)
     applied: list[AppliedEvent] = Field(default_factory=list)
 
@@ -51,6 +58,13 @@ class PlanStore:
 
     async def init(self) -> None:
         await self._goals.create_index("status")
+        await self._goals.create_index("expires_at")
+
+    async def overdue(self, now: float, limit: int = 100) -> list[GoalRecord]:
+        """Running goals past their deadline or time budget, and goals whose expiry events are
+        stored but not yet published (a crash between the two)."""
+        query = {"$or": [{"status": "running", "expires_at": {"$gt": 0, "$lte": now}}, {"has_unpublished": True}]}
+        return [GoalRecord.model_validate(d) for d in await self._goals.find(query).to_list(limit)]
 
     async def get(self, goal_id: str) -> GoalRecord | None:
         document = await self._goals.find_one({"_id": goal_id})

@@ -43,3 +43,35 @@ def parse_messages(messages: list[dict[str, Any]]) -> tuple[str, str, dict[str, 
         instruction.group("instruction").strip() if instruction else last_user.strip(),
         data,
     )
+
+
+PLAN_RULES = (
+    "Plan the goal as a graph of steps, using only the tools listed in the input data.\n"
+    "- A tool step names `tool` and gives `inputs` that fit the tool's input_schema; its task_type is "
+    "`extract` for read tools and `act` for tools that write.\n"
+    "- A model step has no tool: task_type summarise, write, classify or extract, an `instruction`, and "
+    "`inputs` (the data it works on). Its output is {\"text\": ...}: refer to it as steps.<id>.output.text.\n"
+    "- An input is a literal or a reference {\"$ref\": \"steps.<id>.output[.<path>]\"} or "
+    "{\"$ref\": \"goal.input.<key>\"}. A step that references another step lists it in depends_on.\n"
+    "- Step ids are snake_case. No cycles. Only tools that write change business systems: use them only "
+    "when the goal asks for it.\n"
+    "- `outputs` names the goal's results, each a reference to a step output.\n"
+    "- When `playbook` is given, adapt its steps to the goal; when `replan` is given, keep its completed "
+    "steps unchanged and revise the rest around the failed step; when `rejected_answer` is given, fix every "
+    "listed problem.\n"
+    "- If no permitted tool can reach the goal, answer {\"cannot_plan\": \"<why>\"}.\n"
+    "Answer with one JSON object only."
+)
+
+
+def build_plan_messages(goal_text: str, data: dict[str, Any]) -> list[dict[str, str]]:
+    """The planning prompt: rules in the system message, the goal as the instruction, and the
+    goal, catalogue (and playbook, rejected answer or failed plan) as the data block."""
+    system = (
+        "You are the planner of Goalrail, a business process automation platform.\n"
+        "Task type: plan\n"
+        f"{PLAN_RULES}"
+    )
+    instruction = " ".join(goal_text.split())
+    user = f"Instruction: {instruction}\n\nInput data:\n```json\n{json.dumps(data, indent=1, sort_keys=True, default=str)}\n```"
+    return [{"role": "system", "content": system}, {"role": "user", "content": user}]
