@@ -6,8 +6,11 @@ two writers that race for the same place in a chain collide instead of forking i
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
+import yaml
 from pymongo import ASCENDING, DESCENDING
 
 from services.auditor.audit import AuditRecord
@@ -48,3 +51,19 @@ class AuditStore:
     async def records(self, goal_id: str) -> list[AuditRecord]:
         documents = await self._records.find({"goal_id": goal_id}, sort=[("seq", ASCENDING)]).to_list()
         return [AuditRecord.model_validate(d) for d in documents]
+
+    async def all_records(self, event_types: Iterable[str] | None = None) -> list[AuditRecord]:
+        """Every goal's records (of the given event types), by goal and seq."""
+        query: dict[str, Any] = {} if event_types is None else {"event_type": {"$in": list(event_types)}}
+        documents = await self._records.find(query, sort=[("goal_id", ASCENDING), ("seq", ASCENDING)]).to_list()
+        return [AuditRecord.model_validate(d) for d in documents]
+
+
+def load_baselines(folder: Path) -> dict[str, float]:
+    """`manual_baseline_minutes` of each playbook in `folder`, by playbook name."""
+    baselines: dict[str, float] = {}
+    for path in sorted(Path(folder).glob("*.yaml")):
+        document = yaml.safe_load(path.read_text()) or {}
+        if isinstance(document, dict) and document.get("name") and document.get("manual_baseline_minutes"):
+            baselines[str(document["name"])] = float(document["manual_baseline_minutes"])
+    return baselines

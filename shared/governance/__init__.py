@@ -1,0 +1,1 @@
+"""Governance helpers shared by services: PII detection and redaction."""

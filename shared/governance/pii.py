@@ -1,0 +1,182 @@
+"""Find and redact personal data in text and in JSON-like values.
+
+Kinds: `email`, `phone`, `card` (payment card numbers, Luhn-checked), `iban` (ISO 13616, mod-97
+checked) and `national_id` (US social security numbers in the dashed form). Candidates are found
+with patterns; checksums and numbering rules come from maintained libraries (`phonenumbers` for
+phones, `python-stdnum` for Luhn, IBAN and SSN), so a sales figure or an order number with a
+wrong check digit is not mistaken for a card.
+
+Used by the auditor (audit records and outcomes hold redacted copies) and meant for the executor
+before it sends inputs to a model: `redact_value(inputs, allowed_classes=step.data_classes)`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import phonenumbers
+from stdnum import iban as stdnum_iban
+from stdnum import luhn
+from stdnum.us import ssn as stdnum_ssn
+
+PiiKind = Literal["email", "phone", "card", "iban", "national_id"]
+KINDS: tuple[PiiKind, ...] = ("card", "iban", "national_id", "email", "phone")
+"""Every kind, in the order that wins when two findings overlap."""
+ALL_PII = "pii"
+"""A data class that allows every kind (e.g. for a local model approved for personal data)."""
+PHONE_REGIONS: tuple[str, ...] = ("US",)
+"""Regions whose national phone formats are recognised; international (+…) numbers always are."""
+
+_EMAIL = re.compile(r"(?<![\w.%+-])[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,24}(?![\w-])")
+_CARD = re.compile(r"(?<![\d-])\d(?:[ -]?\d){12,18}(?![\d])")
+# compact, or printed in groups of four: the groups keep a following word out of the match
+_IBAN = re.compile(r"(?<![A-Za-z0-9])[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?(?![A-Za-z0-9])")
+_SSN = re.compile(r"(?<![\d-])\d{3}-\d{2}-\d{4}(?![\d-])")
+
+
+@dataclass(frozen=True, order=True)
+class Finding:
+    """One piece of personal data in a text: its kind and where it is (`text[start:end]`)."""
+
+    start: int
+    end: int
+    kind: PiiKind
+
+    @property
+    def span(self) -> tuple[int, int]:
+        return self.start, self.end
+
+
+def _cards(text: str) -> Iterable[Finding]:
+    for match in _CARD.finditer(text):
+        # the longest run may swallow a following number ("4111 1111 1111 1111 12"): try the
+        # run, then shorter runs that end at a separator
+        candidate = match.group()
+        ends = [len(candidate)] + [m.start() for m in reversed(list(re.finditer(r"[ -]", candidate)))]
+        for end in ends:
+            digits = re.sub(r"[ -]", "", candidate[:end])
+            if 13 <= len(digits) <= 19 and luhn.is_valid(digits):
+                yield Finding(match.start(), match.start() + end, "card")
+                break
+
+
+def _ibans(text: str) -> Iterable[Finding]:
+    for match in _IBAN.finditer(text):
+        if stdnum_iban.is_valid(match.group()):
+            yield Finding(match.start(), match.end(), "iban")
+
+
+def _national_ids(text: str) -> Iterable[Finding]:
+    for match in _SSN.finditer(text):
+        if stdnum_ssn.is_valid(match.group()):
+            yield Finding(match.start(), match.end(), "national_id")
+
+
+def _emails(text: str) -> Iterable[Finding]:
+    for match in _EMAIL.finditer(text):
+        yield Finding(match.start(), match.end(), "email")
+
+
+def _phones(text: str) -> Iterable[Finding]:
+    # Leniency.VALID: the number must be a real number plan entry, not just digits that parse
+    for region in PHONE_REGIONS:
+        for match in phonenumbers.PhoneNumberMatcher(text, region, leniency=phonenumbers.Leniency.VALID):
+            # a bare run of digits is more often an order or account number than a phone
+            if not match.raw_string.isdigit():
+                yield Finding(match.start, match.end, "phone")
+
+
+_DETECTORS = {
+    "card": _cards,
+    "iban": _ibans,
+    "national_id": _national_ids,
+    "email": _emails,
+    "phone": _phones,
+}
+
+
+def _kinds(allowed_classes: Iterable[str]) -> tuple[PiiKind, ...]:
+    allowed = set(allowed_classes)
+    if ALL_PII in allowed:
+        return ()
+    return tuple(kind for kind in KINDS if kind not in allowed)
+
+
+def detect(text: str, allowed_classes: Iterable[str] = ()) -> list[Finding]:
+    """Every piece of personal data in `text` whose kind is not allowed, in text order.
+
+    When findings overlap (a card number also parses as a phone number) the kind earlier in
+    `KINDS` wins.
+    """
+    kept: list[Finding] = []
+    for kind in _kinds(allowed_classes):
+        if kind == "email" and "@" not in text:
+            continue
+        for finding in _DETECTORS[kind](text):
+            if not any(finding.start < k.end and k.start < finding.end for k in kept):
+                kept.append(finding)
+    return sorted(kept)
+
+
+def redact_text(text: str, allowed_classes: Iterable[str] = ()) -> tuple[str, list[Finding]]:
+    """`text` with each finding replaced by `[REDACTED:<kind>]`, and the findings (spans refer to
+    the original text)."""
+    findings = detect(text, allowed_classes)
+    parts: list[str] = []
+    position = 0
+    for finding in findings:
+        parts.append(text[position:finding.start])
+        parts.append(f"[REDACTED:{finding.kind}]")
+        position = finding.end
+    parts.append(text[position:])
+    return "".join(parts), findings
+
+
+def redact(text: str, allowed_classes: Iterable[str] = ()) -> str:
+    return redact_text(text, allowed_classes)[0]
+
+
+def redact_value(value: Any, allowed_classes: Iterable[str] = ()) -> Any:
+    """A copy of a JSON-like value (dicts, lists, tuples, strings, numbers) with every string
+    redacted, recursively. Keys are kept; non-string leaves are returned as they are.
+
+    `allowed_classes` are data classes that may pass unredacted: kinds from `KINDS`, or `"pii"`
+    for all of them (e.g. a step's `data_classes` when its model is approved for personal data).
+    """
+    kinds = _kinds(allowed_classes)
+    if not kinds:
+        return value
+    allowed = [k for k in KINDS if k not in kinds]
+    return _redact(value, allowed)
+
+
+def _redact(value: Any, allowed: list[str]) -> Any:
+    if isinstance(value, str):
+        return redact(value, allowed) if _may_hold_pii(value) else value
+    if isinstance(value, Mapping):
+        return {key: _redact(item, allowed) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_redact(item, allowed) for item in value]
+    return value
+
+
+def _may_hold_pii(text: str) -> bool:
+    # every kind needs an @ or at least a few digits: skip the phone parser on plain prose
+    return "@" in text or sum(c.isdigit() for c in text) >= 7
+
+
+def find_in_value(value: Any, allowed_classes: Iterable[str] = (), path: str = "$") -> list[tuple[str, Finding]]:
+    """(JSON path, finding) for every piece of personal data in a JSON-like value."""
+    if isinstance(value, str):
+        return [(path, f) for f in detect(value, allowed_classes)] if _may_hold_pii(value) else []
+    found: list[tuple[str, Finding]] = []
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            found.extend(find_in_value(item, allowed_classes, f"{path}.{key}"))
+    elif isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            found.extend(find_in_value(item, allowed_classes, f"{path}[{index}]"))
+    return found

@@ -1,0 +1,164 @@
+"""`goalrail audit verify|show|goals` and `goalrail kpis` over a store filled through AuditStore."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import datetime, timedelta, timezone
+
+import pytest
+from rich.console import Console
+from typer.testing import CliRunner
+
+import shared.cli_audit as cli_audit
+from services.auditor.app import DATABASE
+from services.auditor.audit import chain
+from services.auditor.store import AuditStore
+from shared.cli import app
+from shared.events import (
+    Binding,
+    GoalCompleted,
+    GoalSpec,
+    GoalSubmitted,
+    Plan,
+    PlanCreated,
+    Step,
+    StepFailed,
+    StepSucceeded,
+    TypedError,
+    Usage,
+)
+from shared.store import open_database, reset_memory_stores
+
+runner = CliRunner()
+T0 = datetime(2026, 11, 2, 9, 0, tzinfo=timezone.utc)
+
+
+@pytest.fixture(autouse=True)
+def wide_console(monkeypatch):
+    monkeypatch.setattr(cli_audit, "console", Console(width=220))
+    reset_memory_stores()
+    yield
+    reset_memory_stores()
+
+
+def goal_events(goal_id: str) -> list:
+    common = {"goal_id": goal_id, "tenant": "acme"}
+    binding = Binding(kind="model", model="goalrail/offline-writer", reason="offline")
+    return [
+        GoalSubmitted(id=f"{goal_id}:submitted", source="erp", time=T0, **common,
+                      goal=GoalSpec(text="Prepare the Q3 sales report", requester="cfo@acme.example")),
+        PlanCreated(id=f"{goal_id}:plan", source="planner", time=T0 + timedelta(seconds=0.2), **common,
+                    plan=Plan(plan_id="p", source="playbook:quarterly-sales-report",
+                              steps=[Step(id="write_summary", task_type="summarise", instruction="sum up")]),
+                    goal_text="Prepare the Q3 sales report"),
+        StepFailed(id=f"{goal_id}:write_summary:1:failed", source="executor", time=T0 + timedelta(seconds=0.5),
+                   **common, plan_id="p", step_id="write_summary", attempt=1, binding=binding,
+                   error=TypedError(code="UPSTREAM_TIMEOUT", message="model slow", retryable=True)),
+        StepSucceeded(id=f"{goal_id}:write_summary:2:succeeded", source="executor", time=T0 + timedelta(seconds=1),
+                      **common, plan_id="p", step_id="write_summary", attempt=2, output={"text": "ok"},
+                      binding=binding, usage=Usage(cost_usd=0.0123)),
+        GoalCompleted(id=f"{goal_id}:outcome", source="goalrail/auditor", time=T0 + timedelta(seconds=1.5),
+                      **common, outputs={"summary": "ok"}, cycle_time_s=1.5, steps=1, retries=1,
+                      usage=Usage(cost_usd=0.0123)),
+    ]
+
+
+def fill(url: str, goal_id: str = "goal-1") -> None:
+    async def run() -> None:
+        store = AuditStore(open_database(url, DATABASE))
+        await store.init()
+        previous = None
+        for event in goal_events(goal_id):
+            record = chain(event, previous)
+            assert await store.append(record, [])
+            previous = record
+
+    asyncio.run(run())
+
+
+def tamper(url: str, event_id: str, change: dict) -> None:
+    collection = open_database(url, DATABASE)["audit"]
+    asyncio.run(collection.update_one({"_id": event_id}, {"$set": change}))
+
+
+def test_verify_says_intact_for_an_untouched_chain(tmp_path):
+    url = f"embedded://{tmp_path / 'store'}"
+    fill(url)
+    result = runner.invoke(app, ["audit", "verify", "goal-1", "--workdir", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert "audit chain of goal-1 intact" in result.output and "5 records" in result.output
+
+
+def test_verify_names_the_first_tampered_record():
+    fill("memory://")
+    tamper("memory://", "goal-1:plan", {"event.goal_text": "Prepare nothing"})
+    tamper("memory://", "goal-1:outcome", {"event.cycle_time_s": 0.1})
+    result = runner.invoke(app, ["audit", "verify", "goal-1", "--mongo-url", "memory://"])
+    assert result.exit_code == 1, result.output
+    assert "broken at seq 2" in result.output
+    assert "goalrail.plan.created" in result.output and "changed" in result.output
+
+    as_json = runner.invoke(app, ["audit", "verify", "goal-1", "--mongo-url", "memory://", "--json"])
+    assert as_json.exit_code == 1
+    assert json.loads(as_json.output)["broken"]["seq"] == 2
+
+
+def test_verify_notices_a_deleted_record():
+    fill("memory://")
+    collection = open_database("memory://", DATABASE)["audit"]
+    asyncio.run(collection.delete_many({"_id": "goal-1:write_summary:1:failed"}))
+    result = runner.invoke(app, ["audit", "verify", "goal-1", "--mongo-url", "memory://"])
+    assert result.exit_code == 1
+    assert "broken at seq 4" in result.output and "missing" in result.output
+
+
+def test_verify_of_an_unknown_goal_exits_2():
+    fill("memory://")
+    result = runner.invoke(app, ["audit", "verify", "goal-nope", "--mongo-url", "memory://"])
+    assert result.exit_code == 2 and "no audit records" in result.output
+
+
+def test_show_prints_the_timeline():
+    fill("memory://")
+    result = runner.invoke(app, ["audit", "show", "goal-1", "--mongo-url", "memory://"])
+    assert result.exit_code == 0, result.output
+    out = result.output
+    for text in ("goal.submitted", "plan.created", "playbook:quarterly-sales-report: 1 steps", "step.failed",
+                 "write_summary#1", "write_summary#2", "model goalrail/offline-writer", "0.0123",
+                 "UPSTREAM_TIMEOUT: model slow", "goal.completed", "executor", "chain intact"):
+        assert text in out, text
+    assert out.index("goal.submitted") < out.index("plan.created") < out.index("goal.completed")
+
+
+def test_stored_records_are_redacted_and_still_verify():
+    fill("memory://")
+    records = asyncio.run(AuditStore(open_database("memory://", DATABASE)).records("goal-1"))
+    assert records[0].event["goal"]["requester"] == "[REDACTED:email]"
+    assert records[0].event["goal_id"] == "goal-1"
+    result = runner.invoke(app, ["audit", "verify", "goal-1", "--mongo-url", "memory://"])
+    assert result.exit_code == 0
+
+
+def test_kpis_table_and_json():
+    fill("memory://", "goal-1")
+    fill("memory://", "goal-2")
+    result = runner.invoke(app, ["kpis", "--mongo-url", "memory://"])
+    assert result.exit_code == 0, result.output
+    line = next(line for line in result.output.splitlines() if "playbook:quarterly-sales-report" in line)
+    for cell in ("480 min", "1.5 s", ">99.9%", "100%", "0%", "$0.0123"):
+        assert cell in line, cell
+    data = json.loads(runner.invoke(app, ["kpis", "--mongo-url", "memory://", "--json"]).output)
+    [row] = data["processes"]
+    assert row["goals"] == 2 and row["retry_rate"] == 1.0 and row["mean_cycle_time_s"] == 1.5
+
+    goals = runner.invoke(app, ["audit", "goals", "--mongo-url", "memory://"])
+    assert "goal-1" in goals.output and "goal-2" in goals.output and "completed" in goals.output
+
+
+def test_verify_notices_a_relabelled_record():
+    fill("memory://")
+    tamper("memory://", "goal-1:write_summary:1:failed", {"event_type": "goalrail.step.succeeded"})
+    result = runner.invoke(app, ["audit", "verify", "goal-1", "--mongo-url", "memory://"])
+    assert result.exit_code == 1
+    assert "broken at seq 3" in result.output and "differs from the hashed event" in result.output

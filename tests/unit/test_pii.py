@@ -1,0 +1,94 @@
+"""PII detection and redaction: each kind, checksums, nested values, allowed classes."""
+
+from __future__ import annotations
+
+import pytest
+
+from shared.governance.pii import detect, find_in_value, redact, redact_text, redact_value
+
+
+def kinds(text: str) -> list[str]:
+    return [f.kind for f in detect(text)]
+
+
+@pytest.mark.parametrize(
+    ("text", "kind", "value"),
+    [
+        ("write to jane.doe+board@acme.example today", "email", "jane.doe+board@acme.example"),
+        ("call +44 20 7946 0958 after lunch", "phone", "+44 20 7946 0958"),
+        ("call (415) 555-0132 after lunch", "phone", "(415) 555-0132"),
+        ("paid with 4111 1111 1111 1111 yesterday", "card", "4111 1111 1111 1111"),
+        ("paid with 5500-0000-0000-0004 yesterday", "card", "5500-0000-0000-0004"),
+        ("transfer to DE89 3704 0044 0532 0130 00 now", "iban", "DE89 3704 0044 0532 0130 00"),
+        ("transfer to GB82WEST12345698765432 now", "iban", "GB82WEST12345698765432"),
+        ("SSN 536-22-1234 on file", "national_id", "536-22-1234"),
+    ],
+)
+def test_each_kind_is_found_with_its_span(text, kind, value):
+    findings = detect(text)
+    assert [(f.kind, text[f.start:f.end]) for f in findings] == [(kind, value)]
+    assert findings[0].span == (text.index(value), text.index(value) + len(value))
+
+
+def test_a_card_number_with_a_wrong_luhn_digit_is_not_a_card():
+    assert "card" not in kinds("paid with 4111 1111 1111 1112 yesterday")
+    assert detect("order 4111111111111112") == []
+
+
+def test_an_iban_with_a_wrong_check_digits_is_not_an_iban():
+    assert kinds("transfer to DE89 3704 0044 0532 0130 00") == ["iban"]
+    assert "iban" not in kinds("transfer to DE88 3704 0044 0532 0130 00")
+    assert "iban" not in kinds("transfer to GB83WEST12345698765432")
+
+
+def test_impossible_ssns_and_plain_figures_are_left_alone():
+    assert kinds("SSN 000-12-3456 or 666-12-3456") == []
+    assert kinds("Q3 2026 revenue 1,234,567.89 in EMEA, order 12345678901, up 12.5%") == []
+
+
+def test_redaction_replaces_each_finding_with_its_kind():
+    text = "Mail jane@acme.example, card 4111111111111111, IBAN GB82WEST12345698765432, SSN 536-22-1234."
+    redacted, findings = redact_text(text)
+    assert redacted == (
+        "Mail [REDACTED:email], card [REDACTED:card], IBAN [REDACTED:iban], SSN [REDACTED:national_id]."
+    )
+    assert [f.kind for f in findings] == ["email", "card", "iban", "national_id"]
+    assert redact("nothing personal here") == "nothing personal here"
+
+
+def test_nested_values_are_redacted_and_keys_and_numbers_kept():
+    value = {
+        "contact": {"email": "cfo@acme.example", "phones": ["+1 415-555-0132", "none"]},
+        "amount": 4111111111111111,
+        "rows": [("card 4111111111111111", 3)],
+    }
+    assert redact_value(value) == {
+        "contact": {"email": "[REDACTED:email]", "phones": ["[REDACTED:phone]", "none"]},
+        "amount": 4111111111111111,
+        "rows": [["card [REDACTED:card]", 3]],
+    }
+    assert value["contact"]["email"] == "cfo@acme.example"  # the original is untouched
+
+
+def test_allowed_classes_pass_unredacted():
+    value = {"to": "cfo@acme.example", "card": "4111111111111111"}
+    assert redact_value(value, allowed_classes=["email"]) == {"to": "cfo@acme.example", "card": "[REDACTED:card]"}
+    assert redact_value(value, allowed_classes=["pii"]) == value
+
+
+def test_find_in_value_names_the_path():
+    found = find_in_value({"a": [{"b": "x cfo@acme.example"}]})
+    assert [(path, f.kind) for path, f in found] == [("$.a[0].b", "email")]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("IBAN GB82WEST12345698765432 PAID", "IBAN [REDACTED:iban] PAID"),
+        ("IBAN GB82 WEST 1234 5698 7654 32 AND more", "IBAN [REDACTED:iban] AND more"),
+        ("card 4111111111111111 12 units", "card [REDACTED:card] 12 units"),
+        ("cards 4111-1111-1111-1111, 5500 0000 0000 0004", "cards [REDACTED:card], [REDACTED:card]"),
+    ],
+)
+def test_a_following_word_or_number_stays_outside_the_finding(text, expected):
+    assert redact(text) == expected
