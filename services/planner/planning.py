@@ -29,13 +29,17 @@ class PlaybookMatch(BaseModel):
     pattern: str | None = None
 
 
+class PlaybookStep(Step):
+    when: str | None = Field(None, description="A parameter: the step is planned only when it is set (non-empty).")
+
+
 class Playbook(BaseModel):
     name: str
     description: str = ""
     match: PlaybookMatch = Field(default_factory=PlaybookMatch)
     params: dict[str, Any] = Field(default_factory=dict)
     manual_baseline_minutes: float | None = None
-    steps: list[Step]
+    steps: list[PlaybookStep]
     outputs: dict[str, Any] = Field(default_factory=dict)
 
     def matches(self, text: str) -> dict[str, Any] | None:
@@ -83,8 +87,13 @@ def plan_from_playbook(
     params = {**playbook.params, **found, **goal_input}
     context = {"current_year": str(now.year)}
     params = {k: _substitute(v, {**context, **params}) for k, v in params.items()}
-    steps = [Step.model_validate(_substitute(step.model_dump(), params)) for step in playbook.steps]
-    return Plan(plan_id=plan_id, source=f"playbook:{playbook.name}", steps=steps, outputs=playbook.outputs)
+    kept = [step for step in playbook.steps if not step.when or params.get(step.when)]
+    steps = [Step.model_validate(_substitute(step.model_dump(exclude={"when"}), params)) for step in kept]
+    # an output of a step left out (its `when` parameter unset) is left out with it
+    left_out = {step.id for step in playbook.steps} - {step.id for step in kept}
+    outputs = {name: value for name, value in playbook.outputs.items()
+               if not any(ref.split(".")[1] in left_out for ref in references(value) if ref.startswith("steps."))}
+    return Plan(plan_id=plan_id, source=f"playbook:{playbook.name}", steps=steps, outputs=outputs)
 
 
 def _substitute(value: Any, params: dict[str, Any]) -> Any:

@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 import time
 from pathlib import Path
+from typing import Any
 
+import httpx
 from rich.console import Console
 
 from shared.client import EventStream, GoalrailClient
 from shared.embedded.stack import SERVICES, EmbeddedStack, fresh_workdir
 from shared.events import (
+    ApprovalDecided,
+    ApprovalRequested,
     Event,
     EventRejected,
     GoalCompleted,
@@ -31,9 +36,13 @@ PROGRESS_TOPICS = [
     Topic.PLANS_EVENTS.value,
     Topic.STEPS_DISPATCHED.value,
     Topic.STEPS_RESULTS.value,
+    Topic.APPROVALS_REQUESTED.value,
+    Topic.APPROVALS_DECIDED.value,
     Topic.EVENTS_REJECTED.value,
 ]
 TRACE_SERVICES = {"client", *SERVICES}
+DEMO_MAIL_TO = "board@acme.example"
+DEMO_OPERATOR = "demo operator"
 
 
 def describe(event: Event) -> str | None:
@@ -52,10 +61,16 @@ def describe(event: Event) -> str | None:
         return f"planner   plan {event.status}"
     if isinstance(event, EventRejected):
         return f"rejected  {event.source_topic}: {event.error.message}"
+    if isinstance(event, ApprovalRequested):
+        return f"router    {event.step.id} ({event.step.tool}) waits for approval: {event.reason}"
+    if isinstance(event, ApprovalDecided):
+        return f"operator  {event.step_id} {event.decision} by {event.decided_by}"
     return None
 
 
-async def _show_progress(stream: EventStream, goal_ids: set[str], console: Console, started: float) -> None:
+async def _show_progress(
+    stream: EventStream, goal_ids: set[str], console: Console, started: float, client: GoalrailClient
+) -> None:
     async for received in stream:
         event = received.event
         if event is None or event.goal_id not in goal_ids:
@@ -63,10 +78,22 @@ async def _show_progress(stream: EventStream, goal_ids: set[str], console: Conso
         line = describe(event)
         if line:
             console.print(f"[dim]{time.perf_counter() - started:6.2f}s[/]  {line}")
+        if isinstance(event, ApprovalRequested):
+            # the demo plays the operator; a person decides in the operator page or the CLI
+            try:
+                await client.decide(event.approval_id, event.goal_id, True, by=DEMO_OPERATOR,
+                                    comment="approved by the demo", traceparent=event.traceparent)
+            except Exception as exc:  # the goal then waits: say why instead of hanging silently
+                console.print(f"[red]could not approve {event.approval_id}: {exc}[/]")
 
 
-async def run_demo(goal: str, timeout: float, workdir: Path, console: Console) -> bool:
+async def run_demo(
+    goal: str, timeout: float, workdir: Path, console: Console, mail_to: str | None = DEMO_MAIL_TO
+) -> bool:
+    """With `mail_to`, the report also goes out by mail (chart and spreadsheet attached) once
+    the demo's operator approves it."""
     console.rule("[bold]Goalrail demo")
+    _cancel_on_sigterm()
     workdir = fresh_workdir(workdir)
     collector = SpanCollector(sink_path=workdir / "spans.jsonl")
     collector.start()
@@ -74,19 +101,27 @@ async def run_demo(goal: str, timeout: float, workdir: Path, console: Console) -
     try:
         with console.status("starting the broker, the demo business API and four services…"):
             started = time.perf_counter()
-            await stack.start()
+            try:
+                await stack.start()
+            except (TimeoutError, RuntimeError) as exc:
+                console.print(f"[red]the embedded stack did not start: {exc}[/] (logs in {workdir / 'logs'})")
+                return False
         console.print(
             f"embedded stack up in {time.perf_counter() - started:.1f}s: broker {stack.bootstrap}, "
-            f"demo API {stack.demo_api_url}, services {', '.join(SERVICES)} (logs in {workdir / 'logs'})"
+            f"demo API {stack.demo_api_url}, mail outbox {stack.smtp_url}, services {', '.join(SERVICES)} "
+            f"(logs in {workdir / 'logs'})"
         )
         tracer_provider = setup_tracing("client", collector.endpoint)
-        outcome = await _submit_and_watch(stack.bootstrap, goal, timeout, tracer_provider, console)
+        goal_input = {"mail_to": [mail_to]} if mail_to else {}
+        outcome = await _submit_and_watch(stack.bootstrap, goal, timeout, tracer_provider, console, goal_input)
         tracer_provider.force_flush()
         console.rule("[bold]Outcome")
         console.print_json(outcome.model_dump_json())
         if isinstance(outcome, GoalCompleted) and isinstance(outcome.outputs.get("summary"), str):
             console.rule("[bold]Report summary")
             console.print(outcome.outputs["summary"])
+        if mail_to:
+            await _print_mail(stack, console)
         _print_trace(collector, outcome.trace_id, console)
         console.print(
             f"audit trail: goalrail audit show {outcome.goal_id} --workdir {workdir}  ·  "
@@ -94,6 +129,9 @@ async def run_demo(goal: str, timeout: float, workdir: Path, console: Console) -
             highlight=False,
         )
         return isinstance(outcome, GoalCompleted)
+    except asyncio.CancelledError:  # SIGTERM (see _cancel_on_sigterm): stop cleanly, report failure
+        console.print("[yellow]interrupted: stopping the stack[/]")
+        return False
     finally:
         with console.status("stopping…"):
             await stack.stop()
@@ -101,7 +139,8 @@ async def run_demo(goal: str, timeout: float, workdir: Path, console: Console) -
 
 
 async def _submit_and_watch(
-    bootstrap: str, goal: str, timeout: float, tracer_provider: object, console: Console
+    bootstrap: str, goal: str, timeout: float, tracer_provider: object, console: Console,
+    goal_input: dict[str, Any] | None = None,
 ) -> GoalCompleted | GoalFailed:
     async with GoalrailClient(bootstrap, tenant="acme", tracer_provider=tracer_provider) as client:  # type: ignore[arg-type]
         progress = client.follow(PROGRESS_TOPICS)
@@ -109,9 +148,9 @@ async def _submit_and_watch(
         await client.watch_outcomes()
         goal_ids: set[str] = set()
         started = time.perf_counter()
-        watcher = asyncio.create_task(_show_progress(progress, goal_ids, console, started))
+        watcher = asyncio.create_task(_show_progress(progress, goal_ids, console, started, client))
         try:
-            submitted = await client.submit(goal, requester="demo@acme.example")
+            submitted = await client.submit(goal, requester="demo@acme.example", input=goal_input)
             goal_ids.add(submitted.goal_id)
             console.print(f"[dim]{0:6.2f}s[/]  client    submitted goal {submitted.goal_id}: {goal!r}")
             outcome = await client.wait_for_outcome(submitted.goal_id, timeout)
@@ -123,6 +162,24 @@ async def _submit_and_watch(
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
             await progress.stop()
+
+
+async def _print_mail(stack: EmbeddedStack, console: Console) -> None:
+    """What the demo mail system received: the proof the report went out."""
+    console.rule("[bold]Mail outbox")
+    async with httpx.AsyncClient() as http:
+        messages = (await http.get(f"{stack.demo_api_url}/outbox/messages")).json()
+    if not messages:
+        console.print(f"[yellow]the SMTP outbox {stack.smtp_url} received no mail[/]")
+        return
+    for message in messages:
+        files = ", ".join(f"{a['filename']} ({a['content_type']}, {a['bytes']:,} bytes)" for a in message["attachments"])
+        console.print(
+            f"to {', '.join(message['recipients'])}: {message['subject']!r}, {len(message['body'])} characters, "
+            f"attached: {files or 'nothing'}\n  message {message['message_id']} in {message['path']}",
+            highlight=False,
+        )
+    console.print(f"chart and spreadsheet as written: {stack.artifacts_dir}", highlight=False)
 
 
 def _print_trace(collector: SpanCollector, trace_id: str | None, console: Console) -> None:
@@ -145,11 +202,23 @@ def _print_trace(collector: SpanCollector, trace_id: str | None, console: Consol
     console.print(f"{len(spans)} spans from {', '.join(services)}; all spans in {collector.sink_path}")
 
 
+def _cancel_on_sigterm() -> None:
+    """SIGTERM (a `timeout`, a supervisor) cancels the run like Ctrl-C does, so the stack's
+    processes, which live in sessions of their own, are stopped rather than orphaned."""
+    task = asyncio.current_task()
+    if task is not None:
+        with contextlib.suppress(NotImplementedError, RuntimeError):  # no signal handlers off the main thread
+            asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+
+
 async def run_until_interrupted(workdir: Path, console: Console) -> None:
+    _cancel_on_sigterm()
     workdir = fresh_workdir(workdir)
     async with EmbeddedStack(workdir) as stack:
         console.print(f"Goalrail is up. Broker: [bold]{stack.bootstrap}[/]  demo API: {stack.demo_api_url}")
+        console.print(f"Mail outbox (SMTP): {stack.smtp_url}, messages in {stack.outbox_dir}")
         console.print(f"Auditor API (KPIs, audit trail): {stack.auditor_url}/kpis")
+        console.print(f"Operator page (goals, plans, approvals, KPIs): {stack.auditor_url}/")
         console.print(f'Try: goalrail goal submit "Prepare the Q2 sales report" --wait -b {stack.bootstrap}')
         console.print("Ctrl-C stops everything.")
         with contextlib.suppress(asyncio.CancelledError):

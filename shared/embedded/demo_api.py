@@ -1,9 +1,10 @@
 """The demo business systems the embedded stack starts as its own process: a sales system, a
-CRM, a report writer and a project tracker, each a real HTTP API with an OpenAPI document.
+CRM, a report writer and a project tracker, each a real HTTP API with an OpenAPI document (and,
+with `--smtp-port`, the mail system: an SMTP outbox, shared.embedded.demo_smtp).
 
-Figures are derived from a hash of the period, so every run tells the same story. The report
-writer honours `Idempotency-Key` like a well-behaved business API: a repeated key returns the
-stored response and changes nothing. With `GOALRAIL_DEMO_API_KEY` set, requests need that key
+Figures are derived from a hash of the period, so every run tells the same story. Every write
+(report, issue, customer status) honours `Idempotency-Key` like a well-behaved business API: a
+repeated key returns the stored response and changes nothing. With `GOALRAIL_DEMO_API_KEY` set, requests need that key
 in `X-Api-Key` (the tools send it from the same variable).
 """
 
@@ -15,6 +16,7 @@ import hashlib
 import os
 from collections import defaultdict
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from fastapi import FastAPI, Header, HTTPException, Query, Request, Response
@@ -54,6 +56,7 @@ class SalesFigures(BaseModel):
 
 
 class Account(BaseModel):
+    customer_id: str
     name: str
     region: str
     revenue: int
@@ -64,6 +67,22 @@ class TopAccounts(BaseModel):
     quarter: str
     year: int
     accounts: list[Account]
+
+
+CustomerStatus = Literal["active", "at_risk", "expanding", "churned"]
+
+
+class Customer(BaseModel):
+    customer_id: str
+    name: str
+    region: str
+    status: CustomerStatus
+    history: list[str] = Field(description="One line per status change that took effect.")
+
+
+class StatusChange(BaseModel):
+    status: CustomerStatus
+    reason: str = Field("", max_length=500)
 
 
 class ReportDraft(BaseModel):
@@ -117,14 +136,18 @@ def _seeded(*parts: object) -> int:
     return int.from_bytes(hashlib.sha256("|".join(map(str, parts)).encode()).digest()[:4], "big")
 
 
-def sales_figures(quarter: str, year: int) -> SalesFigures:
+def _customer_id(number: int) -> str:
+    return f"CUST-{number:03d}"
+
+
+def sales_figures(quarter: str, year: int, region: str | None = None) -> SalesFigures:
     regions = []
-    for region in REGIONS:
-        seed = _seeded(region, quarter, year)
+    for name in ([region] if region else REGIONS):
+        seed = _seeded(name, quarter, year)
         revenue = 800_000 + seed % 1_700_000
         regions.append(
             RegionFigures(
-                region=region,
+                region=name,
                 revenue=revenue,
                 target=int(revenue * (0.85 + (seed >> 8) % 30 / 100)),
                 previous_quarter_revenue=int(revenue * (0.8 + (seed >> 12) % 35 / 100)),
@@ -154,17 +177,21 @@ def create_app(write_delay_s: float = 0.0, api_key: str | None = None, outbox: A
 
     @app.get("/sales/figures", operation_id="get_sales_figures", summary="Sales figures of one quarter",
              description="Sales system: revenue, target and deals per region for one quarter, with totals.")
-    async def get_sales_figures(quarter: Quarter, year: Year) -> SalesFigures:
-        return sales_figures(quarter, year)
+    async def get_sales_figures(
+        quarter: Quarter, year: Year,
+        region: Annotated[Literal["EMEA", "Americas", "APAC"] | None, Query(description="Only this region.")] = None,
+    ) -> SalesFigures:
+        return sales_figures(quarter, year, region)
 
     @app.get("/crm/accounts/top", operation_id="get_top_accounts", summary="Top accounts by revenue",
              description="CRM: the customer accounts with the most revenue in one quarter.")
     async def get_top_accounts(quarter: Quarter, year: Year, limit: Annotated[int, Query(ge=1, le=20)] = 3) -> TopAccounts:
         statuses = ("active", "at_risk", "expanding")
         accounts = [
-            Account(name=name, region=region, revenue=100_000 + _seeded(name, quarter, year) % 400_000,
+            Account(customer_id=_customer_id(n), name=name, region=region,
+                    revenue=100_000 + _seeded(name, quarter, year) % 400_000,
                     status=statuses[_seeded(name, year) % 3])  # type: ignore[arg-type]
-            for name, region in ACCOUNTS
+            for n, (name, region) in enumerate(ACCOUNTS, start=1)
         ]
         accounts.sort(key=lambda a: a.revenue, reverse=True)
         return TopAccounts(quarter=quarter, year=year, accounts=accounts[:limit])
@@ -204,11 +231,11 @@ def create_app(write_delay_s: float = 0.0, api_key: str | None = None, outbox: A
 
     # --- project tracker ---------------------------------------------------------------------
     issues: dict[str, Issue] = {}
-    replies: dict[str, tuple[str, Issue]] = {}  # Idempotency-Key -> (request fingerprint, answer)
+    replies: dict[str, tuple[str, Any]] = {}  # Idempotency-Key -> (request fingerprint, answer)
 
     async def once(method: str, path: str, key: str | None, body: BaseModel, response: Response,
-                   apply: Any) -> Issue:
-        """Apply a tracker write once per Idempotency-Key; a repeat gets the first answer."""
+                   apply: Any) -> Any:
+        """Apply a tracker or CRM write once per Idempotency-Key; a repeat gets the first answer."""
         call = WriteCall(method=method, path=path, idempotency_key=key, received_at=datetime.now(timezone.utc))
         calls.append(call)
         if not key:
@@ -272,6 +299,49 @@ def create_app(write_delay_s: float = 0.0, api_key: str | None = None, outbox: A
     async def list_issues(status: Literal["open", "in_progress", "done"] | None = None) -> list[Issue]:
         return [i for i in issues.values() if status is None or i.status == status]
 
+    # --- CRM: customers and their status ---------------------------------------------------------
+    statuses: tuple[CustomerStatus, ...] = ("active", "at_risk", "expanding")
+    customers = {
+        _customer_id(n): Customer(customer_id=_customer_id(n), name=name, region=region,
+                                 status=statuses[_seeded(name) % 3], history=[])
+        for n, (name, region) in enumerate(ACCOUNTS, start=1)
+    }
+
+    @app.get("/crm/customers", operation_id="list_customers", summary="CRM customer list",
+             description="CRM: the customer list with each customer's status, optionally one region or status.")
+    async def list_customers(region: str | None = None, status: CustomerStatus | None = None) -> list[Customer]:
+        return [c for c in customers.values()
+                if (region is None or c.region == region) and (status is None or c.status == status)]
+
+    @app.get("/crm/customers/{customer_id}", operation_id="get_customer", summary="One CRM customer")
+    async def get_customer(customer_id: str) -> Customer:
+        if customer_id not in customers:
+            raise HTTPException(404, {"error": "not_found", "message": f"no customer {customer_id}"})
+        return customers[customer_id]
+
+    @app.put("/crm/customers/{customer_id}/status", operation_id="set_customer_status",
+             summary="Set a CRM customer's status",
+             description="CRM: set a customer's status (active, at_risk, expanding, churned). Idempotent: setting "
+             "the status it already has changes nothing, and a repeated Idempotency-Key returns the first answer.")
+    async def set_customer_status(
+        customer_id: str,
+        change: StatusChange,
+        response: Response,
+        idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
+    ) -> Customer:
+        if customer_id not in customers:
+            raise HTTPException(404, {"error": "not_found", "message": f"no customer {customer_id}"})
+
+        def apply() -> Customer:
+            customer = customers[customer_id]
+            if change.status != customer.status:
+                reason = f" ({change.reason})" if change.reason else ""
+                customer.history.append(f"status: {customer.status} -> {change.status}{reason}")
+                customer.status = change.status
+            return customer.model_copy(deep=True)
+
+        return await once("PUT", f"/crm/customers/{customer_id}/status", idempotency_key, change, response, apply)
+
     @app.get("/reports", operation_id="list_reports", summary="All published reports")
     async def list_reports() -> list[Report]:
         return list(reports.values())
@@ -292,9 +362,16 @@ def create_app(write_delay_s: float = 0.0, api_key: str | None = None, outbox: A
         return {"status": "ok"}
 
     if outbox is not None:
-        @app.get("/outbox/messages", operation_id="list_outbox", summary="Mail received by the SMTP outbox")
+        # the mail system's own view, not a business tool: kept out of the OpenAPI document
+        @app.get("/outbox/messages", operation_id="list_outbox", summary="Mail received by the SMTP outbox",
+                 include_in_schema=False)
         async def list_outbox() -> list[dict[str, Any]]:
             return [m.model_dump(mode="json") for m in outbox.messages]
+
+        @app.get("/outbox/deliveries", operation_id="count_outbox_deliveries",
+                 summary="Messages the SMTP outbox was handed, repeats included", include_in_schema=False)
+        async def count_deliveries() -> dict[str, int]:
+            return {"deliveries": outbox.deliveries, "messages": len(outbox.messages)}
 
     if api_key:
         @app.middleware("http")
@@ -317,12 +394,14 @@ def main(argv: list[str] | None = None) -> None:
                         help="Seconds each report write takes (to test crashes mid-write).")
     parser.add_argument("--smtp-port", type=int, default=int(os.environ.get("GOALRAIL_DEMO_SMTP_PORT", 0)),
                         help="Also run the SMTP outbox (the mail system) on this port; 0 = off.")
+    parser.add_argument("--outbox-dir", type=Path, default=None,
+                        help="Folder where the SMTP outbox writes each message it accepts as an .eml file.")
     args = parser.parse_args(argv)
     api_key = os.environ.get("GOALRAIL_DEMO_API_KEY") or None
     if args.smtp_port:
         from shared.embedded.demo_smtp import SMTPOutboxServer
 
-        with SMTPOutboxServer(args.host, args.smtp_port) as smtp:
+        with SMTPOutboxServer(args.host, args.smtp_port, args.outbox_dir) as smtp:
             uvicorn.run(create_app(args.write_delay, api_key, smtp.outbox), host=args.host, port=args.port,
                         log_level="warning")
         return

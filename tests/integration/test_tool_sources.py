@@ -94,6 +94,8 @@ def dispatched(tool: str, inputs: dict[str, Any], *, goal: str = "g1", step: str
         StepDispatched, f"{goal}:{step}:{attempt}:dispatched", "router", plan_id=f"{goal}:plan",
         step=Step(id=step, task_type="act", tool=tool, **step_fields), attempt=attempt, resolved_inputs=inputs,
         allowed_tools=allowed_tools, binding=Binding(kind="tool", tool=tool, reason="test"),
+        # a step marked needs_approval stands for one a person approved (the router's dispatch)
+        approved_by="test-operator" if step_fields.get("needs_approval") else None,
     )
 
 
@@ -146,6 +148,7 @@ async def test_every_write_step_repeated_three_times_has_one_effect(demo, spans,
         "reports.publish": {"title": "Board pack", "body": "Revenue up.", "audience": "board"},
         "tracker.create_issue": {"title": "Follow up at-risk accounts", "assignee": "cfo@acme.example"},
         "tracker.update_issue": {"issue_id": issue_id, "status": "in_progress", "comment": "on it"},
+        "crm.set_customer_status": {"customer_id": "CUST-001", "status": "churned", "reason": "moved to a rival"},
         "files.write_spreadsheet": {"title": "Figures", "sheets": [{"name": "S", "columns": ["a"], "rows": [[1]]}]},
         "charts.render": {"title": "Revenue", "labels": ["EMEA"], "series": [{"name": "r", "values": [1.0]}]},
         "mail.deliver": {"to": ["cfo@acme.example"], "subject": "Q3", "body": "The Q3 report is out."},
@@ -158,6 +161,7 @@ async def test_every_write_step_repeated_three_times_has_one_effect(demo, spans,
         return {"reports.publish": len(httpx.get(f"{demo.url}/reports").json()),
                 "tracker.create_issue": len(issues),
                 "tracker.update_issue": sum(len(i["history"]) for i in issues if i["issue_id"] == issue_id),
+                "crm.set_customer_status": len(httpx.get(f"{demo.url}/crm/customers/CUST-001").json()["history"]),
                 "files.write_spreadsheet": len(list(tmp_path.glob("*.xlsx"))),
                 "charts.render": len(list(tmp_path.glob("*.png"))),
                 "mail.deliver": len(smtp.outbox.messages)}

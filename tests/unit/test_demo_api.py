@@ -114,3 +114,29 @@ def test_api_key_when_configured():
     assert api.get("/sales/figures", params={"quarter": "Q3", "year": 2026}).status_code == 401
     ok = api.get("/sales/figures", params={"quarter": "Q3", "year": 2026}, headers={"X-Api-Key": "s3cret"})
     assert ok.status_code == 200
+
+
+def test_sales_figures_of_one_region(api):
+    body = api.get("/sales/figures", params={"quarter": "Q3", "year": 2026, "region": "APAC"}).json()
+    everything = sales_figures("Q3", 2026)
+    assert body["regions"] == [r.model_dump() for r in everything.regions if r.region == "APAC"]
+    assert body["totals"]["revenue"] == body["regions"][0]["revenue"]
+    assert api.get("/sales/figures", params={"quarter": "Q3", "year": 2026, "region": "Mars"}).status_code == 422
+
+
+def test_crm_customer_status_is_set_once_per_idempotency_key(api):
+    customers = api.get("/crm/customers").json()
+    assert [c["customer_id"] for c in customers] == [f"CUST-{n:03d}" for n in range(1, 7)]
+    top = api.get("/crm/accounts/top", params={"quarter": "Q3", "year": 2026}).json()["accounts"]
+    assert {a["customer_id"] for a in top} <= {c["customer_id"] for c in customers}
+    customer = next(c for c in customers if c["status"] != "churned")
+    path = f"/crm/customers/{customer['customer_id']}/status"
+    first = api.put(path, json={"status": "churned"}, headers={"Idempotency-Key": "k1"})
+    assert first.status_code == 200 and first.json()["status"] == "churned"
+    assert api.put(path, json={"status": "churned"}, headers={"Idempotency-Key": "k1"}).json() == first.json()
+    same = api.put(path, json={"status": "churned"}, headers={"Idempotency-Key": "k2"}).json()
+    assert same["history"] == first.json()["history"] and len(same["history"]) == 1  # already churned
+    assert api.put(path, json={"status": "active"}, headers={"Idempotency-Key": "k1"}).status_code == 409
+    assert api.put(path, json={"status": "active"}).status_code == 400
+    assert api.get("/crm/customers", params={"status": "churned"}).json() == [api.get(f"/crm/customers/{customer['customer_id']}").json()]
+    assert api.get("/crm/customers/CUST-999").status_code == 404

@@ -56,7 +56,7 @@ def sales_plan(goal_input: dict | None = None) -> Plan:
 
 
 def test_builtin_playbooks_load():
-    assert set(PLAYBOOKS) == {"quarterly-sales-report", "benchmark-chain"}
+    assert set(PLAYBOOKS) == {"quarterly-sales-report", "benchmark-chain", "vendor-payment"}
 
 
 def test_demo_goal_matches_the_sales_playbook_with_its_quarter():
@@ -88,7 +88,7 @@ def test_no_match_is_a_typed_no_plan_error():
     with pytest.raises(PlanningError) as info:
         choose_playbook("Book a flight to Lisbon", PLAYBOOKS, None)
     assert info.value.error.code is ErrorCode.NO_PLAN
-    assert info.value.error.details["playbooks"] == ["benchmark-chain", "quarterly-sales-report"]
+    assert info.value.error.details["playbooks"] == ["benchmark-chain", "quarterly-sales-report", "vendor-payment"]
     assert "Lisbon" in info.value.error.message
 
 
@@ -433,3 +433,20 @@ async def test_bad_plan_output_reference_fails_the_plan_instead_of_the_handler(d
     assert finished.status == "failed"
     assert finished.error.code is ErrorCode.INVALID_INPUT
     assert finished.error.details == {"ref": "steps.ghost.output"}
+
+
+def test_mail_to_adds_the_board_pack_steps_and_their_outputs():
+    """Steps with `when: mail_to` are planned only for a goal that names recipients; the mail step
+    is irreversible and waits for an approval."""
+    playbook, found = choose_playbook(SALES_GOAL, PLAYBOOKS, None)
+    plan = plan_from_playbook(playbook, found, {"mail_to": ["board@acme.example"]}, "g:plan", NOW)
+    plan = validate_plan(plan, TOOLS | {"charts.render", "files.write_spreadsheet", "mail.deliver"}, None)
+    steps = {s.id: s for s in plan.steps}
+    assert list(steps) == ["fetch_figures", "fetch_accounts", "make_chart", "make_spreadsheet", "write_summary",
+                           "publish_report", "mail_report"]
+    mail = steps["mail_report"]
+    assert (mail.tool, mail.side_effect, mail.needs_approval) == ("mail.deliver", "irreversible", True)
+    assert mail.inputs["to"] == ["board@acme.example"]
+    assert set(mail.depends_on) == {"publish_report", "write_summary", "make_chart", "make_spreadsheet"}
+    assert set(plan.outputs) == {"report", "summary", "chart", "spreadsheet", "mail"}
+    assert set(sales_plan().outputs) == {"report", "summary"}  # no recipients: no board pack outputs

@@ -444,3 +444,24 @@ async def test_the_context_may_come_first():
 
     assert await registry(first).call("ctx.first", {"quarter": "Q1", "year": 2026}, ctx("k1")) == {
         "key": "k1", "quarter": "Q1"}
+
+
+async def test_document_tools_take_records_as_a_business_api_returns_them(tmp_path):
+    from openpyxl import load_workbook
+
+    tools = build_catalogue()
+    regions = [{"region": "EMEA", "revenue": 1200, "target": 1000}, {"region": "APAC", "revenue": 900, "target": 1000}]
+    sheet = {"title": "Q3", "sheets": [{"name": "Regions", "records": regions},
+                                       {"name": "Revenue", "columns": ["revenue", "region"], "records": regions}]}
+    written = await tools.call("files.write_spreadsheet", sheet, ctx("g:records", artifacts_dir=str(tmp_path)))
+    workbook = load_workbook(written["path"])
+    assert [[c.value for c in row] for row in workbook["Regions"].iter_rows()] == [
+        ["region", "revenue", "target"], ["EMEA", 1200, 1000], ["APAC", 900, 1000]]
+    assert [[c.value for c in row] for row in workbook["Revenue"].iter_rows()] == [
+        ["revenue", "region"], [1200, "EMEA"], [900, "APAC"]]
+    chart = {"title": "Q3 by region", "records": regions, "label_field": "region", "value_fields": ["revenue", "target"]}
+    png = await tools.call("charts.render", chart, ctx("g:records-chart", artifacts_dir=str(tmp_path)))
+    assert Path(png["path"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(ToolError) as info:
+        await tools.call("charts.render", {**chart, "value_fields": ["margin"]}, ctx("g:bad", artifacts_dir=str(tmp_path)))
+    assert info.value.error.code is ErrorCode.INVALID_INPUT
