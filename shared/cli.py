@@ -44,12 +44,15 @@ def demo(
     workdir: Annotated[Path, typer.Option(help="Where the embedded store, logs and spans go.")] = Path(
         ".goalrail/demo"
     ),
+    mail_to: Annotated[str, typer.Option(help="Who gets the report by mail (approved by the demo); '' = no mail.")] = (
+        "board@acme.example"
+    ),
 ) -> None:
     """Start the embedded stack, submit a real goal, print its outcome and its trace, stop."""
     from shared.embedded.demo import run_demo
 
     os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
-    ok = asyncio.run(run_demo(goal, timeout, workdir, console))
+    ok = asyncio.run(run_demo(goal, timeout, workdir, console, mail_to=mail_to or None))
     raise typer.Exit(0 if ok else 1)
 
 
@@ -189,6 +192,10 @@ app.add_typer(audit_app, name="audit")
 from shared.cli_routes import routes_app  # noqa: E402
 
 app.add_typer(routes_app, name="routes")
+from shared.cli_approvals import approvals_app, goals_app  # noqa: E402
+
+app.add_typer(approvals_app, name="approvals")
+app.add_typer(goals_app, name="goals")
 app.command()(kpis)
 
 if __name__ == "__main__":

@@ -115,6 +115,22 @@ def audit_show(goal_id: str, mongo_url: MongoUrl = None, workdir: Workdir = None
         console.print(f"chain [green]intact[/] ({len(records)} records)")
     else:
         console.print(f"chain [red]broken at seq {broken.seq}[/]: {broken.reason}", highlight=False)
+    _print_flags(goal_id, mongo_url, workdir)
+
+
+def _print_flags(goal_id: str, mongo_url: str | None, workdir: Path | None) -> None:
+    """The goal's policy flags: open ones block its completion, mitigated ones were redacted."""
+    flags = asyncio.run(_store(mongo_url, workdir).flags(goal_id))
+    if not flags:
+        console.print("policy flags: [green]none[/]")
+        return
+    table = Table(title=f"Policy flags of {goal_id}", title_justify="left")
+    for column in ("status", "rule", "event", "step", "message"):
+        table.add_column(column)
+    for flag in flags:
+        status = f"[red]{flag.status}[/]" if flag.status == "open" else f"[yellow]{flag.status}[/]"
+        table.add_row(status, flag.rule, flag.event_type.removeprefix("goalrail."), flag.step_id or "", flag.message)
+    console.print(table)
 
 
 @audit_app.command("goals")

@@ -3,6 +3,8 @@
     async with GoalrailClient("kafka:9092", tenant="acme") as client:
         outcome = await client.submit_and_wait("Prepare the Q3 sales report for the board", requester="cfo")
 
+People answer approvals and act on failed goals with `decide` and `act_on_goal`.
+
 Publishing goes through FastStream (so the submit is traced and the trace context travels in
 the Kafka headers); reading outcomes uses a group-less aiokafka consumer assigned to every
 partition, so a watcher is positioned at once, without waiting for a consumer-group join.
@@ -18,19 +20,24 @@ from datetime import datetime
 from typing import Any, NamedTuple
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from faststream.kafka import KafkaBroker
 from opentelemetry import trace
 from opentelemetry.trace import TracerProvider
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from pydantic import ValidationError
 
 from shared.bus import publish
 from shared.events import (
+    ApprovalDecided,
     Constraints,
     Event,
+    GoalActionRequested,
     GoalCompleted,
     GoalFailed,
     GoalSpec,
     GoalSubmitted,
     Topic,
+    parse_approval_id,
     parse_event,
 )
 from shared.settings import Settings
@@ -93,6 +100,37 @@ class EventStream:
                 event = None
             headers = {k: v.decode(errors="replace") for k, v in record.headers or ()}
             yield Received(record.topic, event, record.value, headers)
+
+
+def decision_event(
+    approval_id: str, goal_id: str, tenant: str, approve: bool, by: str, comment: str = "", source: str = "goalrail/client"
+) -> ApprovalDecided:
+    """A person's decision; its id is fixed per approval, so only the first decision counts."""
+    step_id, attempt = parse_approval_id(approval_id, goal_id)
+    return ApprovalDecided(
+        id=f"{approval_id}:decided", source=source, goal_id=goal_id, tenant=tenant, approval_id=approval_id,
+        step_id=step_id, attempt=attempt, decision="approved" if approve else "rejected", decided_by=by,
+        comment=comment,
+    )
+
+
+def goal_action_event(
+    goal_id: str, tenant: str, action: str, by: str, comment: str = "", source: str = "goalrail/client"
+) -> GoalActionRequested:
+    return GoalActionRequested(
+        id=f"{goal_id}:action:{action}:{uuid.uuid4().hex[:12]}", source=source, goal_id=goal_id, tenant=tenant,
+        action=action, requested_by=by, comment=comment,  # type: ignore[arg-type]
+    )
+
+
+async def publish_traced(
+    broker: KafkaBroker, tracer: trace.Tracer, name: str, event: Event, traceparent: str | None = None
+) -> None:
+    """Publish one event in a span of its own, a child of `traceparent` when given (e.g. the
+    ApprovalRequested's), so a person's answer joins the goal's trace."""
+    context = TraceContextTextMapPropagator().extract({"traceparent": traceparent}) if traceparent else None
+    with tracer.start_as_current_span(name, context=context, attributes={"goalrail.goal_id": event.goal_id}):
+        await publish(broker, [event])
 
 
 class GoalrailClient:
@@ -207,6 +245,24 @@ class GoalrailClient:
         await self.watch_outcomes()
         submitted = await self.submit(text, **fields)
         return await self.wait_for_outcome(submitted.goal_id, timeout)
+
+    async def decide(
+        self, approval_id: str, goal_id: str, approve: bool, by: str, comment: str = "",
+        traceparent: str | None = None,
+    ) -> ApprovalDecided:
+        """Approve or reject a step waiting for approval (`traceparent`: the request's, to stay in
+        the goal's trace)."""
+        event = decision_event(approval_id, goal_id, self.tenant, approve, by, comment, self.source)
+        await publish_traced(self._broker, self._tracer, f"{event.decision} {approval_id}", event, traceparent)
+        return event
+
+    async def act_on_goal(
+        self, goal_id: str, action: str, by: str, comment: str = "", traceparent: str | None = None
+    ) -> GoalActionRequested:
+        """Retry a failed or escalated goal's failed steps, or cancel the goal."""
+        event = goal_action_event(goal_id, self.tenant, action, by, comment, self.source)
+        await publish_traced(self._broker, self._tracer, f"{action} goal", event, traceparent)
+        return event
 
     def follow(self, topics: Iterable[str] = (Topic.GOALS_OUTCOMES.value,), from_beginning: bool = False) -> EventStream:
         """A stream of events on `topics` (start() it, iterate it, stop() it)."""

@@ -54,6 +54,7 @@ class ErrorCode(StrEnum):
     MALFORMED_EVENT = "MALFORMED_EVENT"
     INVALID_EVENT = "INVALID_EVENT"
     HANDLER_FAILED = "HANDLER_FAILED"
+    CANCELLED = "CANCELLED"
 
 
 class TypedError(BaseModel):
@@ -211,6 +212,9 @@ class StepReady(Event):
     attempt: int = Field(1, ge=1)
     resolved_inputs: dict[str, Any] = Field(default_factory=dict)
     allowed_tools: list[str] | None = None
+    goal_type: str | None = Field(
+        None, description="The plan's source (playbook:<name>, model:<model>): whose data boundary applies."
+    )
     goal_budget_usd: float | None = Field(
         None, ge=0, description="The goal's constraints.budget.max_cost_usd; the router refuses steps beyond it."
     )
@@ -224,7 +228,14 @@ class StepDispatched(Event):
     attempt: int = Field(1, ge=1)
     resolved_inputs: dict[str, Any] = Field(default_factory=dict)
     allowed_tools: list[str] | None = None
+    goal_type: str | None = Field(
+        None, description="The plan's source (playbook:<name>, model:<model>): whose data boundary applies."
+    )
     binding: Binding
+    approval_id: str | None = Field(None, description="The approval this dispatch waited for, if any.")
+    approved_by: str | None = Field(
+        None, description="Who approved the step; the executor runs an irreversible tool only with it."
+    )
 
 
 class StepSucceeded(Event):
@@ -290,6 +301,46 @@ class GoalEscalated(Event):
     trace_id: str | None = None
 
 
+class ApprovalRequested(Event):
+    """A step waits for a person: the router holds it until an ApprovalDecided arrives."""
+
+    topic: ClassVar[Topic] = Topic.APPROVALS_REQUESTED
+    type: Literal["goalrail.approval.requested"] = "goalrail.approval.requested"
+    approval_id: str = Field(description="`<goal_id>:<step_id>:<attempt>:approval`, also the event id.")
+    plan_id: str
+    step: Step
+    attempt: int = Field(1, ge=1)
+    inputs: dict[str, Any] = Field(default_factory=dict, description="The step's resolved inputs, redacted.")
+    reason: str = Field(description="Why a person must decide.")
+    binding: Binding | None = None
+    traceparent: str | None = Field(
+        None, description="W3C trace context of the request, so a decision continues the goal's trace."
+    )
+
+
+class ApprovalDecided(Event):
+    """A person's answer to an ApprovalRequested; id `<approval_id>:decided`, the first one wins."""
+
+    topic: ClassVar[Topic] = Topic.APPROVALS_DECIDED
+    type: Literal["goalrail.approval.decided"] = "goalrail.approval.decided"
+    approval_id: str
+    step_id: str
+    attempt: int = Field(1, ge=1)
+    decision: Literal["approved", "rejected"]
+    decided_by: str = Field(min_length=1)
+    comment: str = ""
+
+
+class GoalActionRequested(Event):
+    """An operator's action on a failed or escalated goal: retry its failed steps, or cancel it."""
+
+    topic: ClassVar[Topic] = Topic.APPROVALS_DECIDED
+    type: Literal["goalrail.goal.action"] = "goalrail.goal.action"
+    action: Literal["retry", "cancel"]
+    requested_by: str = Field(min_length=1)
+    comment: str = ""
+
+
 class EventRejected(Event):
     """A message a service could not accept; the original went to `<topic>.dlq`."""
 
@@ -316,6 +367,9 @@ AnyEvent = Annotated[
         GoalFailed,
         GoalEscalated,
         EventRejected,
+        ApprovalRequested,
+        ApprovalDecided,
+        GoalActionRequested,
     ],
     Field(discriminator="type"),
 ]
@@ -324,6 +378,21 @@ EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(AnyEvent)
 TOPIC_EVENTS: dict[Topic, list[type[Event]]] = {}
 for _event_type in EVENT_TYPES:
     TOPIC_EVENTS.setdefault(_event_type.topic, []).append(_event_type)
+
+
+def approval_id_for(goal_id: str, step_id: str, attempt: int) -> str:
+    return f"{goal_id}:{step_id}:{attempt}:approval"
+
+
+def parse_approval_id(approval_id: str, goal_id: str) -> tuple[str, int]:
+    """(step id, attempt) of an approval id of `goal_id`; ValueError when it is not one."""
+    prefix, suffix = f"{goal_id}:", ":approval"
+    if not (approval_id.startswith(prefix) and approval_id.endswith(suffix)):
+        raise ValueError(f"{approval_id!r} is not an approval id of goal {goal_id!r}")
+    step_id, _, attempt = approval_id[len(prefix):-len(suffix)].rpartition(":")
+    if not step_id or not attempt.isdigit():
+        raise ValueError(f"{approval_id!r} is not an approval id (<goal_id>:<step_id>:<attempt>:approval)")
+    return step_id, int(attempt)
 
 
 def parse_event(raw: bytes | str) -> Event:

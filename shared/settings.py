@@ -92,6 +92,9 @@ class Settings(BaseSettings):
     planner_sweep_interval_s: float = Field(
         2.0, gt=0, le=3600, description="How often the planner ends goals past their deadline or time budget."
     )
+    approval_amount_usd: float | None = Field(
+        1000.0, ge=0, description="Steps whose estimated cost or `amount` input is above this wait for approval."
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     @field_validator("mongo_url")

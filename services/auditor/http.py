@@ -15,14 +15,16 @@ from typing import Any
 import uvicorn
 from fastapi import FastAPI, HTTPException
 
+from services.auditor.approvals import Publisher, approvals_router
 from services.auditor.audit import AuditRecord, timeline, verify_chain
 from services.auditor.kpis import KPI_EVENT_TYPES, process_kpis, summarize_goals
+from services.auditor.operator_page import operator_router
 from services.auditor.store import AuditStore
 
 log = logging.getLogger("goalrail.auditor.http")
 
 
-def create_api(store: AuditStore, baselines: Mapping[str, float]) -> FastAPI:
+def create_api(store: AuditStore, baselines: Mapping[str, float], publish: Publisher | None = None) -> FastAPI:
     api = FastAPI(title="Goalrail auditor", description="Audit trail and process KPIs.", version="1")
 
     @api.get("/healthz")
@@ -46,6 +48,7 @@ def create_api(store: AuditStore, baselines: Mapping[str, float]) -> FastAPI:
             "goal_id": goal_id,
             "records": [r.model_dump(mode="json") for r in records],
             "timeline": [e.model_dump(mode="json") for e in timeline(records)],
+            "policy_flags": [f.model_dump(mode="json") for f in await store.flags(goal_id)],
         }
 
     @api.get("/goals/{goal_id}/verify")
@@ -59,6 +62,8 @@ def create_api(store: AuditStore, baselines: Mapping[str, float]) -> FastAPI:
             "broken": broken.model_dump(mode="json") if broken else None,
         }
 
+    api.include_router(approvals_router(store, publish))  # approvals and operator actions (approvals.py)
+    api.include_router(operator_router(store, baselines))  # the operator page at / and /ui
     return api
 
 

@@ -13,7 +13,7 @@ from typing import Any
 import yaml
 from pymongo import ASCENDING, DESCENDING
 
-from services.auditor.audit import AuditRecord
+from services.auditor.audit import AuditRecord, PolicyFlag
 from shared.events import EVENT_ADAPTER, Event
 from shared.store import Database, DuplicateKeyError
 
@@ -21,9 +21,30 @@ from shared.store import Database, DuplicateKeyError
 class AuditStore:
     def __init__(self, database: Database) -> None:
         self._records = database["audit"]
+        self._flags = database["policy_flags"]
 
     async def init(self) -> None:
         await self._records.create_index([("goal_id", ASCENDING), ("seq", ASCENDING)], unique=True)
+        await self._flags.create_index([("goal_id", ASCENDING), ("time", ASCENDING)])
+
+    async def add_flags(self, flags: Iterable[PolicyFlag]) -> None:
+        """Store flags once each (`_id` = flag id: a redelivered event adds nothing)."""
+        for flag in flags:
+            document = {"_id": flag.flag_id, **flag.model_dump(mode="json")}
+            try:
+                await self._flags.insert_one(document)
+            except DuplicateKeyError:
+                pass
+
+    async def flags(self, goal_id: str) -> list[PolicyFlag]:
+        documents = await self._flags.find({"goal_id": goal_id}, sort=[("time", ASCENDING), ("_id", ASCENDING)]).to_list()
+        return [PolicyFlag.model_validate(d) for d in documents]
+
+    async def latest_plan(self, goal_id: str) -> dict[str, Any] | None:
+        """The plan of the goal's last PlanCreated record (as stored), None before one."""
+        documents = await self._records.find({"goal_id": goal_id, "event_type": "goalrail.plan.created"},
+                                             sort=[("seq", DESCENDING)]).to_list(1)
+        return documents[0]["event"].get("plan") if documents else None
 
     async def outbox_of(self, event_id: str) -> list[Event] | None:
         document = await self._records.find_one({"_id": event_id})

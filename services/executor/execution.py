@@ -2,7 +2,10 @@
 
 Before a tool call: the tool must exist, the goal's tenant and allowed tools must permit it
 (PERMISSION_DENIED, whatever the plan says) and an irreversible tool needs an approved step
-(POLICY_VIOLATION). Calls take a slot of a bounded pool (per executor and per tool), so one slow
+(POLICY_VIOLATION); the goal type's data boundary applies too. Personal data leaves only for
+where it is cleared: a model call gets inputs and instruction redacted down to what the bound
+model and its fallbacks are cleared for (routing table), a web-facing tool (OpenAPI, MCP) down
+to its `data_classes`. Calls take a slot of a bounded pool (per executor and per tool), so one slow
 tool cannot hold every slot. Retryable failures (timeouts, 429, 5xx) are retried here with
 exponential backoff and jitter, waiting at least an upstream's Retry-After; what still fails
 becomes a StepFailed with the typed error, for the planner to decide.
@@ -13,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import defaultdict
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -30,6 +33,7 @@ from tenacity import (
 )
 
 from shared.events import ErrorCode, StepDispatched, StepFailed, StepSucceeded, TypedError, Usage
+from shared.governance.boundaries import cleared_classes, is_web_facing, redact_outgoing
 from shared.models.client import ModelError, ModelResult
 from shared.telemetry.tracing import record_error, tool_span
 from shared.tools.policy import ToolPolicy
@@ -76,6 +80,7 @@ class StepRunner:
     policy: ToolPolicy | None = None  # None: tenants are not checked (allowed_tools still are)
     limiter: ToolLimiter = field(default_factory=ToolLimiter)
     max_retry_after_s: float = 5.0  # a longer Retry-After fails the step (RATE_LIMITED) instead
+    clearances: Mapping[str, list[str]] = field(default_factory=dict)  # model -> cleared data classes
 
     async def run(self, event: StepDispatched) -> StepSucceeded | StepFailed:
         started = time.perf_counter()
@@ -141,19 +146,29 @@ class StepRunner:
                     http=self.http,
                     config=self.tool_config,
                 )
+                inputs = event.resolved_inputs
+                if is_web_facing(spec):
+                    # the upstream is another system: it gets only the personal data it is cleared for
+                    inputs, redacted = redact_outgoing(inputs, spec.data_classes)
+                    if redacted:
+                        span.set_attribute("goalrail.redacted", redacted)
                 async with self.limiter.slot(name):
-                    return await self.tools.call(name, event.resolved_inputs, context)
+                    return await self.tools.call(name, inputs, context)
             except ToolError as exc:
                 record_error(span, exc.error.code.value, exc.error.message, exc.error.retryable)
                 raise
 
     async def _call_model(self, event: StepDispatched) -> ModelResult:
         instruction = event.step.instruction or f"Perform the {event.step.task_type} task"
+        # any model of the chain may answer: send only what every one of them is cleared for
+        allowed = cleared_classes([event.binding.model or "", *event.binding.fallbacks], self.clearances)
+        instruction, _ = redact_outgoing(instruction, allowed)
+        data, _ = redact_outgoing(event.resolved_inputs, allowed)
         return await self.models.complete(
             event.binding.model or "",
             event.step.task_type,
             instruction,
-            event.resolved_inputs,
+            data,
             fallbacks=event.binding.fallbacks,
         )
 
@@ -161,7 +176,7 @@ class StepRunner:
 def permission_error(policy: ToolPolicy | None, spec: ToolSpec, event: StepDispatched) -> TypedError | None:
     """Why this step may not call this tool, or None."""
     if policy is not None:
-        refusal = policy.check(spec, event.tenant, event.allowed_tools)
+        refusal = policy.check(spec, event.tenant, event.allowed_tools, event.goal_type)
         if refusal is not None:
             return refusal
     elif event.allowed_tools is not None and spec.name not in event.allowed_tools:
@@ -171,12 +186,13 @@ def permission_error(policy: ToolPolicy | None, spec: ToolSpec, event: StepDispa
             details={"tool": spec.name, "allowed_tools": event.allowed_tools,
                      "hint": "add the tool to the goal's constraints.allowed_tools, or plan without it"},
         )
-    if spec.side_effect == "irreversible" and not event.step.needs_approval:
+    if spec.side_effect == "irreversible" and not event.approved_by:
+        # only the router's dispatch after a person's ApprovalDecided carries approved_by
         return TypedError(
             code=ErrorCode.POLICY_VIOLATION,
             message=f"tool {spec.name!r} is irreversible; its step {event.step.id!r} must be approved first",
             details={"tool": spec.name, "step_id": event.step.id, "side_effect": spec.side_effect,
-                     "hint": "mark the step needs_approval so an operator decides"},
+                     "hint": "the router holds such steps for an operator's approval (goalrail approvals)"},
         )
     return None
 

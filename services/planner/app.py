@@ -1,4 +1,5 @@
-"""Planner service: consumes goals and step results, publishes plans, ready steps, finished plans."""
+"""Planner service: consumes goals, step results and operators' goal actions (retry, cancel),
+publishes plans, ready steps, finished plans."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from services.planner.planning import load_playbooks
 from services.planner.store import PlanStore
 from shared.bus import publish
 from shared.events import Event, Topic, utcnow
+from shared.governance.boundaries import PlanBoundary
 from shared.models.client import ModelClient
 from shared.models.routing_table import RoutingTable, load_routing_table
 from shared.service import ServiceRuntime
@@ -32,6 +34,7 @@ def create_app(settings: Settings) -> FastStream:
     table = load_routing_table(settings.routing_table)
     models = ModelClient(runtime.tracer, settings.model_timeout_s, settings.trace_content, table=table)
     model, *fallbacks = plan_models(table)
+    policy = ToolPolicy.load(settings.tool_policy)
     deps = PlannerDeps(
         store=store,
         playbooks=load_playbooks(settings.playbooks_dir),
@@ -42,11 +45,12 @@ def create_app(settings: Settings) -> FastStream:
             model=model,
             fallbacks=tuple(fallbacks),
             tools={spec.name: spec for spec in tools.catalogue()},
-            policy=ToolPolicy.load(settings.tool_policy),
+            policy=policy,
             repair_rounds=settings.planner_repair_rounds,
             max_tools=settings.planner_max_tools,
         ),
         max_replans=settings.planner_max_replans,
+        boundaries=PlanBoundary(policy.goal_types, {spec.name: spec for spec in tools.catalogue()}),
     )
 
     async def send(events: list[Event]) -> None:
@@ -68,7 +72,8 @@ def create_app(settings: Settings) -> FastStream:
         await models.warm_up()  # pay litellm's import at start, not in the first model-planned goal
         sweeps.add(asyncio.get_running_loop().create_task(sweep(), name="planner-sweep"))
 
-    return runtime.app([Topic.GOALS_SUBMITTED, Topic.STEPS_RESULTS], partial(handle, deps=deps), on_startup=[init])
+    topics = [Topic.GOALS_SUBMITTED, Topic.STEPS_RESULTS, Topic.APPROVALS_DECIDED]  # operators' retry/cancel
+    return runtime.app(topics, partial(handle, deps=deps), on_startup=[init])
 
 
 def plan_models(table: RoutingTable) -> list[str]:

@@ -1,9 +1,12 @@
 """Planner handlers: a goal becomes a plan (a playbook's, or the planning model's); each step
 result advances it; a step that fails for good gets the rest of the plan revised by the model, a
-bounded number of times, before the goal is escalated; a goal past its deadline or budget ends."""
+bounded number of times, before the goal is escalated; a goal past its deadline or budget ends.
+A step a person rejected ends the goal without a replan; an operator may retry a failed goal's
+failed steps or cancel the goal."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -25,6 +28,7 @@ from shared.events import (
     EVENT_ADAPTER,
     ErrorCode,
     Event,
+    GoalActionRequested,
     GoalEscalated,
     GoalSubmitted,
     Plan,
@@ -36,9 +40,11 @@ from shared.events import (
     TypedError,
     Usage,
 )
+from shared.governance.boundaries import PlanBoundary
 from shared.telemetry.tracing import current_trace_id
 
 SOURCE = "goalrail/planner"
+log = logging.getLogger("goalrail.planner")
 
 
 class ConcurrentUpdate(Exception):
@@ -53,6 +59,7 @@ class PlannerDeps:
     clock: Callable[[], datetime]
     planner: ModelPlanner | None = None  # None: playbooks only, and a failed step fails the goal
     max_replans: int = 1
+    boundaries: PlanBoundary | None = None  # the goal types' data boundaries (tool policy)
 
 
 async def handle(event: Event, deps: PlannerDeps) -> list[Event]:
@@ -60,6 +67,8 @@ async def handle(event: Event, deps: PlannerDeps) -> list[Event]:
         return await on_goal_submitted(event, deps)
     if isinstance(event, (StepSucceeded, StepFailed)):
         return await on_step_result(event, deps)
+    if isinstance(event, GoalActionRequested):
+        return await on_goal_action(event, deps)
     return []
 
 
@@ -78,6 +87,8 @@ async def on_goal_submitted(event: GoalSubmitted, deps: PlannerDeps) -> list[Eve
         if limit := over_limits(event.goal, record.submitted_at, 0.0, deps.clock()):
             raise PlanningError(limit)
         plan = await _make_plan(event, record, deps)
+        if deps.boundaries is not None and (outside := deps.boundaries.error(plan)) is not None:
+            raise PlanningError(outside)
         if limit := over_limits(event.goal, record.submitted_at, record.usage.cost_usd, deps.clock()):
             raise PlanningError(limit)
     except PlanningError as exc:
@@ -209,8 +220,8 @@ async def _after_permanent_failure(event: StepSucceeded | StepFailed, record: Go
         {"step_id": failed_id, "tool": failed.tool, "attempt": state.attempt, "plan_id": record.plan.plan_id,
          "error": error.model_dump(mode="json")}
     )
-    if deps.planner is None:
-        return [_finished(event, record, error)]
+    if deps.planner is None or _rejected(error):
+        return [_finished(event, record, error)]  # a person's "no" is final: no replan, no escalation
     if limit := over_limits(record.goal, record.submitted_at, record.usage.cost_usd, deps.clock()):
         return [_finished(event, record, limit)]
     if record.replans >= deps.max_replans:
@@ -226,6 +237,9 @@ async def _after_permanent_failure(event: StepSucceeded | StepFailed, record: Go
         assert planned.error is not None
         return _escalate(event, record, error, f"step {failed_id} failed for good ({error.message}) and no "
                                                 f"revised plan was found: {planned.error.message}")
+    if deps.boundaries is not None and (outside := deps.boundaries.error(planned.plan)) is not None:
+        return _escalate(event, record, error, f"step {failed_id} failed for good ({error.message}) and the "
+                                                f"revised plan leaves its data boundary: {outside.message}")
     record.replans += 1
     record.progress = carry_over(record.progress, record.plan, planned.plan)
     record.plan = planned.plan
@@ -236,12 +250,71 @@ async def _after_permanent_failure(event: StepSucceeded | StepFailed, record: Go
     return [revised, *_release(event, record)]
 
 
+def _rejected(error: TypedError) -> bool:
+    return error.code == ErrorCode.POLICY_VIOLATION and "approval_id" in error.details
+
+
+async def on_goal_action(event: GoalActionRequested, deps: PlannerDeps) -> list[Event]:
+    record = await deps.store.get(event.goal_id)
+    if record is None:
+        log.warning("%s of unknown goal %s ignored", event.action, event.goal_id)
+        return []
+    replay = record.outbox_for(event.id)
+    if replay is not None:
+        return replay
+    # what follows belongs to the goal's tenant, whoever's client sent the action
+    cause = event.model_copy(update={"tenant": record.tenant})
+    outbox = _retry(cause, record) if event.action == "retry" else _cancel(cause, record)
+    record.record(event.id, outbox)
+    if not await deps.store.save(record):
+        raise ConcurrentUpdate(event.goal_id)
+    return outbox
+
+
+def _retry(event: GoalActionRequested, record: GoalRecord) -> list[Event]:
+    """A failed goal runs again from where it failed: its failed (and abandoned) steps start
+    over with new attempt numbers, with a fresh replan allowance; what succeeded is kept."""
+    if record.status != "failed" or record.plan is None or record.progress is None:
+        log.warning("retry of goal %s ignored: it is %s%s", record.goal_id, record.status,
+                    "" if record.plan else " without a plan")
+        return []
+    for state in record.progress.steps.values():
+        if state.status in ("failed", "running"):
+            state.status, state.error = "pending", None
+    record.status, record.replans, record.rounds = "running", 0, record.rounds + 1
+    released = _release(event, record)
+    if not released and record.status == "running":  # e.g. a plan output that never resolves
+        return [_finished(event, record, TypedError(code=ErrorCode.NO_PLAN, message="nothing to retry"))]
+    return released
+
+
+def _cancel(event: GoalActionRequested, record: GoalRecord) -> list[Event]:
+    """The goal ends failed with CANCELLED (again, if it had failed: the last outcome says so);
+    results still on their way are ignored, steps waiting for approval never run."""
+    if record.status in ("completed", "cancelled"):
+        log.warning("cancel of goal %s ignored: it is %s", record.goal_id, record.status)
+        return []
+    if record.status != "running":
+        record.rounds += 1
+    message = f"cancelled by {event.requested_by}" + (f": {event.comment}" if event.comment else "")
+    error = TypedError(code=ErrorCode.CANCELLED, message=message,
+                       details={"requested_by": event.requested_by, "comment": event.comment})
+    finished = _finished(event, record, error)
+    record.status = "cancelled"
+    return [finished]
+
+
+def _round(record: GoalRecord) -> str:
+    """Id suffix of a goal's ending events after an operator's retry or cancel, so they are new."""
+    return f":{record.rounds}" if record.rounds else ""
+
+
 def _escalate(cause: Event, record: GoalRecord, error: TypedError, reason: str) -> list[Event]:
     """The goal needs a person: an escalation with the failure chain, and the plan ends failed
     (so whoever waits for the outcome hears of it)."""
     chained = error.model_copy(update={"details": {**error.details, "failure_chain": record.failure_chain,
                                                    "replans": record.replans}})
-    escalated = cause.derive(GoalEscalated, f"{record.goal_id}:escalated", SOURCE, reason=reason, error=chained,
+    escalated = cause.derive(GoalEscalated, f"{record.goal_id}:escalated{_round(record)}", SOURCE, reason=reason, error=chained,
                              trace_id=current_trace_id())
     return [escalated, _finished(cause, record, chained)]
 
@@ -273,6 +346,7 @@ def _release(cause: Event, record: GoalRecord) -> list[Event]:
                 attempt=attempt,
                 resolved_inputs=inputs,
                 allowed_tools=record.goal.constraints.allowed_tools,
+                goal_type=record.plan.source,
                 goal_budget_usd=record.goal.constraints.budget.max_cost_usd,
             )
         )
@@ -289,7 +363,7 @@ def _finished(cause: Event, record: GoalRecord, error: TypedError | None) -> Pla
             record.status, error = "failed", exc.error
     return cause.derive(
         PlanFinished,
-        f"{record.goal_id}:plan:finished",
+        f"{record.goal_id}:plan:finished{_round(record)}",
         SOURCE,
         plan_id=record.plan.plan_id if record.plan else f"{record.goal_id}:plan",
         status=record.status,

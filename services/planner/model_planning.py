@@ -79,15 +79,21 @@ class ModelPlanner:
         keep_tools = [s.tool for s in plan.steps if s.tool]
         return await self._ask(goal, tenant, plan_id, today, data, keep_tools, keep=completed, failed=failed)
 
+    @property
+    def goal_type(self) -> str:
+        """The goal type of the plans this planner makes (their source, when the model answers)."""
+        return f"model:{self.model}"
+
     def forbidden(self, plan: Plan, goal: GoalSpec, tenant: str) -> list[str]:
-        """Why steps of a (playbook) plan may not run for this goal and tenant; [] when all may."""
+        """Why steps of a (playbook) plan may not run for this goal and tenant; [] when all may.
+        (Not its goal type's boundary: a playbook that leaves it is refused, not re-planned.)"""
         permit = permission(goal.constraints, tenant, self.policy)
         reasons = [(s.id, permit(self.tools[s.tool])) for s in plan.steps if s.tool in self.tools]
         return [f"step {step_id!r}: {why}" for step_id, why in reasons if why]
 
     def catalogue_for(self, goal: GoalSpec, tenant: str, keep_tools: Sequence[str] = ()) -> list[dict[str, Any]]:
         """The permitted tools, narrowed to the most relevant ones when there are many."""
-        permit = permission(goal.constraints, tenant, self.policy)
+        permit = permission(goal.constraints, tenant, self.policy, self.goal_type)
         permitted = [spec for spec in self.tools.values() if permit(spec) is None]
         ranked = rank_tools(goal.text, permitted, limit=self.max_tools, keep=keep_tools)
         return [
@@ -99,7 +105,7 @@ class ModelPlanner:
         self, goal: GoalSpec, tenant: str, plan_id: str, today: date, extra: dict[str, Any],
         keep_tools: Sequence[str], keep: Sequence[Step] = (), failed: Step | None = None,
     ) -> Planned:
-        permit = permission(goal.constraints, tenant, self.policy)
+        permit = permission(goal.constraints, tenant, self.policy, self.goal_type)
         data: dict[str, Any] = {
             "goal": {
                 "text": goal.text,

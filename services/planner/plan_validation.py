@@ -23,7 +23,9 @@ Permit = Callable[[ToolSpec], "str | None"]
 
 
 class TenantPolicy(Protocol):
-    def check(self, spec: ToolSpec, tenant: str, allowed_tools: list[str] | None = None) -> TypedError | None: ...
+    def check(
+        self, spec: ToolSpec, tenant: str, allowed_tools: list[str] | None = None, goal_type: str | None = None
+    ) -> TypedError | None: ...
 
 
 class PlanDraft(BaseModel):
@@ -48,12 +50,17 @@ def response_schema() -> dict[str, Any]:
     return schema
 
 
-def permission(constraints: Constraints, tenant: str, policy: TenantPolicy | None = None) -> Permit:
+def permission(
+    constraints: Constraints, tenant: str, policy: TenantPolicy | None = None, goal_type: str | None = None
+) -> Permit:
     """Why a goal of `tenant` with `constraints` may not use a tool (None when it may): the
-    tenant's tool policy, the goal's allowed tools and its data scopes."""
+    tenant's tool policy, the data boundary of the goal type (the plan's source, when known), the
+    goal's allowed tools and its data scopes."""
 
     def why_not(spec: ToolSpec) -> str | None:
-        if policy is not None and (error := policy.check(spec, tenant, constraints.allowed_tools)) is not None:
+        if policy is not None and (
+            error := policy.check(spec, tenant, constraints.allowed_tools, goal_type)
+        ) is not None:
             return error.message
         return not_permitted(spec, constraints)
 

@@ -33,6 +33,7 @@ class GoalRecord(BaseModel):
     status: str = "running"
     retries: int = 0
     replans: int = 0
+    rounds: int = 0  # operator retries and cancels after the goal had ended
     failure_chain: list[dict[str, Any]] = Field(default_factory=list)
     # epoch seconds when the goal passes its deadline or time budget; the sweep ends it then
     expires_at: float | None = None

@@ -1,18 +1,36 @@
-"""Router handlers: a ready step gets its binding and is dispatched (or refused); a step result
-teaches the router the model's latency, errors and cost, and charges the goal's budget."""
+"""Router handlers: a ready step gets its binding and is dispatched (or refused, or held for a
+person's approval); a decision releases or fails a held step; a step result teaches the router
+the model's latency, errors and cost, and charges the goal's budget."""
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+from services.router.approvals import approval_reason
 from services.router.routing import BudgetState, ModelStats, Pricer, RoutingError, RoutingTable, choose, table_price
 from services.router.store import RouterStore
-from shared.events import ErrorCode, Event, Step, StepDispatched, StepFailed, StepReady, StepSucceeded
+from shared.events import (
+    ApprovalDecided,
+    ApprovalRequested,
+    Binding,
+    ErrorCode,
+    Event,
+    PlanFinished,
+    Step,
+    StepDispatched,
+    StepFailed,
+    StepReady,
+    StepSucceeded,
+    TypedError,
+    approval_id_for,
+)
 from shared.governance.pii import ALL_PII as PII
-from shared.governance.pii import find_in_value
+from shared.governance.pii import find_in_value, redact_value
 from shared.outbox import handle_once
 from shared.store import Collection
 
@@ -29,11 +47,20 @@ class RouterDeps:
     store: RouterStore | None = None
     price: Pricer = table_price
     clock: Callable[[], float] = field(default=time.time)
+    tool_effects: Mapping[str, str] = field(default_factory=dict)  # tool name -> side-effect class
+    approval_amount_usd: float | None = None
 
 
 async def handle(event: Event, deps: RouterDeps) -> list[Event]:
     if isinstance(event, StepReady):
         return await handle_once(deps.decisions, event.id, lambda: _dispatch(event, deps), {"goal_id": event.goal_id})
+    if isinstance(event, ApprovalDecided) and deps.store is not None:
+        store = deps.store
+        return await handle_once(deps.decisions, event.id, lambda: _decided(event, store), {"goal_id": event.goal_id})
+    if isinstance(event, PlanFinished) and deps.store is not None:
+        if closed := await deps.store.close_holds(event.goal_id, event.time):
+            log.info("goal %s ended: %d step(s) waiting for approval will not run", event.goal_id, closed)
+        return []
     if isinstance(event, (StepSucceeded, StepFailed)) and deps.store is not None:
         store = deps.store
         try:
@@ -58,21 +85,79 @@ async def _dispatch(event: StepReady, deps: RouterDeps) -> list[Event]:
                              step_id=event.step.id, attempt=event.attempt, error=error)]
     if detected:
         binding = binding.model_copy(update={"reason": f"{binding.reason}; pii detected in inputs at {detected}"})
-    if deps.store is not None and binding.estimated_cost_usd:
-        await deps.store.reserve(event.goal_id, event.tenant, binding.estimated_cost_usd)
-    return [
-        event.derive(
-            StepDispatched,
-            f"{prefix}:dispatched",
-            SOURCE,
-            plan_id=event.plan_id,
-            step=event.step,
-            attempt=event.attempt,
-            resolved_inputs=event.resolved_inputs,
-            allowed_tools=event.allowed_tools,
-            binding=binding,
-        )
-    ]
+    reason = approval_reason(event.step, binding, event.resolved_inputs, deps.tool_effects, deps.approval_amount_usd)
+    # without a store nothing could resume a held step; the executor still refuses unapproved
+    # irreversible tools
+    if reason is not None and deps.store is not None:
+        return [await _hold(event, binding, reason, deps.store)]
+    return [await _dispatched(event, binding, deps.store)]
+
+
+async def _dispatched(
+    event: StepReady, binding: Binding, store: RouterStore | None, decision: ApprovalDecided | None = None
+) -> StepDispatched:
+    if store is not None and binding.estimated_cost_usd:
+        await store.reserve(event.goal_id, event.tenant, binding.estimated_cost_usd)
+    dispatched = event.derive(
+        StepDispatched,
+        f"{event.goal_id}:{event.step.id}:{event.attempt}:dispatched",
+        SOURCE,
+        plan_id=event.plan_id,
+        step=event.step,
+        attempt=event.attempt,
+        resolved_inputs=event.resolved_inputs,
+        allowed_tools=event.allowed_tools,
+        goal_type=event.goal_type,
+        binding=binding,
+        approval_id=decision.approval_id if decision else None,
+        approved_by=decision.decided_by if decision else None,
+    )
+    return dispatched.model_copy(update={"causation_id": decision.id}) if decision else dispatched
+
+
+async def _hold(event: StepReady, binding: Binding, reason: str, store: RouterStore) -> ApprovalRequested:
+    """Keep the step until a person decides; the request shows its inputs redacted."""
+    approval_id = approval_id_for(event.goal_id, event.step.id, event.attempt)
+    await store.hold(approval_id, event, binding)
+    carrier: dict[str, str] = {}
+    TraceContextTextMapPropagator().inject(carrier)
+    return event.derive(
+        ApprovalRequested,
+        approval_id,
+        SOURCE,
+        approval_id=approval_id,
+        plan_id=event.plan_id,
+        step=event.step,
+        attempt=event.attempt,
+        inputs=redact_value(event.resolved_inputs, allowed_classes=[]),
+        reason=reason,
+        binding=binding,
+        traceparent=carrier.get("traceparent"),
+    )
+
+
+async def _decided(event: ApprovalDecided, store: RouterStore) -> list[Event]:
+    """Approved: the held step is dispatched with who approved it. Rejected: it fails for good
+    (POLICY_VIOLATION), which ends the goal. The first decision wins."""
+    held = await store.held(event.approval_id)
+    if held is None or held["goal_id"] != event.goal_id:
+        log.warning("decision %s names no step waiting for approval", event.id)
+        return []
+    if not await store.settle(event.approval_id, event.id, event.decision):
+        log.warning("ignoring %s of %s by %s: the approval was %s already", event.decision, event.approval_id,
+                    event.decided_by, held.get("status"))
+        return []
+    ready = StepReady.model_validate(held["ready"])
+    if event.decision == "approved":
+        return [await _dispatched(ready, Binding.model_validate(held["binding"]), store, event)]
+    message = f"rejected by {event.decided_by}" + (f": {event.comment}" if event.comment else "")
+    error = TypedError(code=ErrorCode.POLICY_VIOLATION, message=message, retryable=False,
+                       details={"approval_id": event.approval_id, "decided_by": event.decided_by,
+                                "comment": event.comment})
+    # no binding: nothing was dispatched, so there is no reserved cost to release (see _observe)
+    failed = ready.derive(StepFailed, f"{ready.goal_id}:{ready.step.id}:{ready.attempt}:failed", SOURCE,
+                          plan_id=ready.plan_id, step_id=ready.step.id, attempt=ready.attempt, error=error)
+    return [failed.model_copy(update={"causation_id": event.id})]
 
 
 async def _learned(event: StepReady, deps: RouterDeps) -> tuple[dict[str, ModelStats], BudgetState]:

@@ -6,8 +6,9 @@ with patterns; checksums and numbering rules come from maintained libraries (`ph
 phones, `python-stdnum` for Luhn, IBAN and SSN), so a sales figure or an order number with a
 wrong check digit is not mistaken for a card.
 
-Used by the auditor (audit records and outcomes hold redacted copies) and meant for the executor
-before it sends inputs to a model: `redact_value(inputs, allowed_classes=step.data_classes)`.
+Used by the auditor (audit records and outcomes hold redacted copies), the router (a step whose
+inputs hold personal data is routed as `pii`) and, through `shared.governance.boundaries`, the
+executor (what goes to a model or a web-facing tool is redacted to what it is cleared for).
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ PHONE_REGIONS: tuple[str, ...] = ("US",)
 """Regions whose national phone formats are recognised; international (+…) numbers always are."""
 
 _EMAIL = re.compile(r"(?<![\w.%+-])[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,24}(?![\w-])")
-_CARD = re.compile(r"(?<![\d-])\d(?:[ -]?\d){12,18}(?![\d])")
+# not inside a longer word: a hex id ("goal-3f0412345678901234ab") is not a card
+_CARD = re.compile(r"(?<![\w-])\d(?:[ -]?\d){12,18}(?![\w])")
 # compact, or printed in groups of four: the groups keep a following word out of the match
 _IBAN = re.compile(r"(?<![A-Za-z0-9])[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?(?![A-Za-z0-9])")
 _SSN = re.compile(r"(?<![\d-])\d{3}-\d{2}-\d{4}(?![\d-])")

@@ -15,6 +15,7 @@ from typing import Any
 from opentelemetry import trace
 
 from shared.events import ErrorCode, TypedError, Usage
+from shared.governance.pii import redact
 from shared.models import offline_planner, offline_writer
 from shared.models.prompts import build_messages, parse_messages
 from shared.models.routing_table import Candidate, RoutingTable, load_routing_table
@@ -193,7 +194,8 @@ class ModelClient:
                 span.set_attribute("goalrail.model.fallback", served)
             record_model_response(span, response.model or served, usage.input_tokens, usage.output_tokens)
             if self._trace_content:
-                span.set_attribute("gen_ai.output.preview", text[:200])
+                # redacted before it is cut, so a cut cannot split a card number past recognition
+                span.set_attribute("gen_ai.output.preview", redact(text)[:200])
         return ModelResult(text, served, usage, (time.perf_counter() - started) * 1000)
 
 

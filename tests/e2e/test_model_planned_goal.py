@@ -3,6 +3,8 @@ executed and completed across the four service processes, the demo business API 
 
 from __future__ import annotations
 
+import asyncio
+
 import httpx
 import pytest
 
@@ -85,7 +87,12 @@ async def test_when_no_revision_helps_the_goal_is_escalated_with_the_failure_cha
     chain = outcome.error.details["failure_chain"]
     assert [c["step_id"] for c in chain] == ["fetch_report"]
     audit = AuditStore(open_database(stack.env()["GOALRAIL_MONGO_URL"], "goalrail_auditor"))
-    records = await audit.records(outcome.goal_id)
+    # the escalation travels on its own topic: the auditor may record it just after the outcome
+    for _ in range(50):
+        records = await audit.records(outcome.goal_id)
+        if any(r.event_type == "goalrail.goal.escalated" for r in records):
+            break
+        await asyncio.sleep(0.1)
     (escalated,) = [r.event for r in records if r.event_type == "goalrail.goal.escalated"]
     assert "no revised plan was found" in escalated["reason"]
     assert escalated["error"]["details"]["failure_chain"] == chain

@@ -48,7 +48,8 @@ def events(goal_id: str = "g") -> list:
 
 def finished(cause, status: str, **fields) -> PlanFinished:
     return cause.derive(PlanFinished, f"{cause.goal_id}:plan:finished", "planner", plan_id="p", status=status,
-                        submitted_at=T0, step_states={"a": "succeeded", "b": status}, retries=1,
+                        submitted_at=T0, step_states={"a": "succeeded", "b": "succeeded" if status == "completed" else "failed"},
+                        retries=1,
                         usage=Usage(input_tokens=7), **fields)
 
 

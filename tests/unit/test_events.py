@@ -10,6 +10,9 @@ from pydantic import ValidationError
 
 from shared.events import (
     EVENT_TYPES,
+    ApprovalDecided,
+    ApprovalRequested,
+    GoalActionRequested,
     TOPIC_EVENTS,
     Binding,
     ErrorCode,
@@ -65,6 +68,14 @@ def one_of_each() -> list:
         root.derive(GoalEscalated, "goal-1:escalated", "auditor", reason="needs a person"),
         root.derive(EventRejected, "goal-1:rejected", "router", rejected_by="router",
                     source_topic="steps.ready", partition=0, offset=7, error=ERROR),
+        root.derive(ApprovalRequested, "goal-1:fetch_figures:1:approval", "router",
+                    approval_id="goal-1:fetch_figures:1:approval", step=STEP, inputs={"quarter": "Q3"},
+                    reason="step fetch_figures is marked needs_approval", binding=TOOL_BINDING, **common),
+        root.derive(ApprovalDecided, "goal-1:fetch_figures:1:approval:decided", "operator",
+                    approval_id="goal-1:fetch_figures:1:approval", step_id=STEP.id, decision="approved",
+                    decided_by="ops@acme.example"),
+        root.derive(GoalActionRequested, "goal-1:action:retry:1", "operator", action="retry",
+                    requested_by="ops@acme.example"),
     ]
 
 

@@ -388,5 +388,9 @@ async def test_irreversible_tool_needs_an_approved_step(spans):
     refused = await runner.run(dispatched(tool="test.drop_table"))
     assert isinstance(refused, StepFailed) and refused.error.code is ErrorCode.POLICY_VIOLATION
     assert counter.calls == []
-    approved = await runner.run(dispatched(tool="test.drop_table", needs_approval=True))
+    # the plan's needs_approval alone is not an approval: only a person's decision is
+    planned = await runner.run(dispatched(tool="test.drop_table", needs_approval=True))
+    assert isinstance(planned, StepFailed) and planned.error.code is ErrorCode.POLICY_VIOLATION
+    approved = await runner.run(dispatched(tool="test.drop_table", attempt=2, needs_approval=True)
+                                .model_copy(update={"approval_id": "g:s:2:approval", "approved_by": "ops"}))
     assert isinstance(approved, StepSucceeded) and len(counter.calls) == 1

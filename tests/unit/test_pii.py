@@ -92,3 +92,10 @@ def test_find_in_value_names_the_path():
 )
 def test_a_following_word_or_number_stays_outside_the_finding(text, expected):
     assert redact(text) == expected
+
+
+def test_digit_runs_inside_identifiers_are_not_cards():
+    # ids carry long digit runs; 4111111111111111 passes Luhn, but inside a word it is not a card
+    for identifier in ("goal-ab4111111111111111cd", "plan_4111111111111111x", "x4111 1111 1111 1111"):
+        assert [f.kind for f in detect(identifier) if f.kind == "card"] == [], identifier
+    assert [f.kind for f in detect("card: 4111 1111 1111 1111.")] == ["card"]
