@@ -3,23 +3,36 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+# the operator page tests drive Debian's chromium with playwright (no browser download)
+CHROMIUM := /usr/bin/chromium
+BROWSER  := $(VENV)/.browser
+SUDO     := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 export LITELLM_LOCAL_MODEL_COST_MAP := True
 
-.PHONY: install demo test unit integration e2e bench schema clean
+.PHONY: install browser demo test unit integration e2e bench schema clean
 
 install: $(STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
 	touch $(STAMP)
+
+browser: $(BROWSER)
+
+$(CHROMIUM):
+	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y chromium \
+	  || { $(SUDO) apt-get update && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y chromium; }
+
+$(BROWSER): $(STAMP) $(CHROMIUM)
+	$(BIN)/python -c "import playwright.async_api" || $(BIN)/python -m pip install --quiet "playwright>=1.45"
+	touch $(BROWSER)
 
 demo: install
 	$(BIN)/goalrail demo
 
-test: install
+test: install browser
 	$(BIN)/python -m pytest -q tests
 
 unit: install
@@ -28,7 +41,7 @@ unit: install
 integration: install
 	$(BIN)/python -m pytest -q tests/integration
 
-e2e: install
+e2e: install browser
 	$(BIN)/python -m pytest -q tests/e2e
 
 bench: install

@@ -44,8 +44,8 @@ def shared_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningSt
     collector = SpanCollector(sink_path=workdir / "spans.jsonl")
     collector.start()
     stack = EmbeddedStack(workdir, otlp_endpoint=collector.endpoint)
-    asyncio.run(stack.start())
     try:
+        asyncio.run(stack.start())  # inside the try: a stack that fails to start must not leak its processes
         yield RunningStack(stack, collector)
     finally:
         asyncio.run(stack.stop())
