@@ -240,3 +240,13 @@ def test_dockerignore_keeps_local_state_out_of_the_build_context():
     assert {".venv", ".git", ".goalrail", "tests"} <= ignored
     assert any("__pycache__" in line for line in ignored)
     assert not ignored & {"shared", "services", "pyproject.toml", "README.md"}
+
+
+def test_mail_tool_reaches_the_demo_outbox_and_executors_share_the_artifacts(services):
+    smtp = urlsplit(environment(services["executor"])["GOALRAIL_SMTP_URL"])
+    command = services["demo-api"]["command"]
+    assert smtp.hostname == "demo-api"
+    assert command[command.index("--smtp-port") + 1] == str(smtp.port)
+    artifacts = environment(services["executor"])["GOALRAIL_ARTIFACTS_DIR"]
+    assert f"artifacts:{artifacts}" in services["executor"]["volumes"]
+    assert "/data/artifacts" in (ROOT / "infra" / "Dockerfile").read_text()
