@@ -13,12 +13,12 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 import uvicorn
-from fastapi import FastAPI, HTTPException
+from fastapi import FastAPI
 
 from services.auditor.approvals import Publisher, approvals_router
-from services.auditor.audit import AuditRecord, timeline, verify_chain
+from services.auditor.audit import timeline, verify_chain
 from services.auditor.kpis import KPI_EVENT_TYPES, process_kpis, summarize_goals
-from services.auditor.operator_page import operator_router
+from services.auditor.operator_page import goal_records_or_404, operator_router
 from services.auditor.store import AuditStore
 
 log = logging.getLogger("goalrail.auditor.http")
@@ -43,7 +43,7 @@ def create_api(store: AuditStore, baselines: Mapping[str, float], publish: Publi
 
     @api.get("/goals/{goal_id}/audit")
     async def audit(goal_id: str) -> dict[str, Any]:
-        records = await _records(store, goal_id)
+        records = await goal_records_or_404(store, goal_id)
         return {
             "goal_id": goal_id,
             "records": [r.model_dump(mode="json") for r in records],
@@ -53,7 +53,7 @@ def create_api(store: AuditStore, baselines: Mapping[str, float], publish: Publi
 
     @api.get("/goals/{goal_id}/verify")
     async def verify(goal_id: str) -> dict[str, Any]:
-        records = await _records(store, goal_id)
+        records = await goal_records_or_404(store, goal_id)
         broken = verify_chain(records)
         return {
             "goal_id": goal_id,
@@ -65,13 +65,6 @@ def create_api(store: AuditStore, baselines: Mapping[str, float], publish: Publi
     api.include_router(approvals_router(store, publish))  # approvals and operator actions (approvals.py)
     api.include_router(operator_router(store, baselines))  # the operator page at / and /ui
     return api
-
-
-async def _records(store: AuditStore, goal_id: str) -> list[AuditRecord]:
-    records = await store.records(goal_id)
-    if not records:
-        raise HTTPException(status_code=404, detail=f"no audit records for goal {goal_id!r}")
-    return records
 
 
 class _QuietServer(uvicorn.Server):

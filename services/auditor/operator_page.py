@@ -290,11 +290,11 @@ def operator_router(store: AuditStore, baselines: Mapping[str, float]) -> APIRou
 
     @router.get("/goals/{goal_id}/plan")
     async def plan(goal_id: str) -> dict[str, Any]:
-        return {"goal_id": goal_id, **plan_view(await _goal_records(store, goal_id))}
+        return {"goal_id": goal_id, **plan_view(await goal_records_or_404(store, goal_id))}
 
     @router.get("/goals/{goal_id}/plan.svg")
     async def plan_graph(goal_id: str) -> Response:
-        view = plan_view(await _goal_records(store, goal_id))
+        view = plan_view(await goal_records_or_404(store, goal_id))
         return Response(plan_svg(view), media_type=SVG_TYPE, headers={"Cache-Control": "no-store"})
 
     @router.get("/ui/kpis.svg")
@@ -306,7 +306,8 @@ def operator_router(store: AuditStore, baselines: Mapping[str, float]) -> APIRou
     return router
 
 
-async def _goal_records(store: AuditStore, goal_id: str) -> list[AuditRecord]:
+async def goal_records_or_404(store: AuditStore, goal_id: str) -> list[AuditRecord]:
+    """A goal's audit records; 404 when there are none (shared with the API in http.py)."""
     records = await store.records(goal_id)
     if not records:
         raise HTTPException(status_code=404, detail=f"no audit records for goal {goal_id!r}")

@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 from shared.events import ErrorCode, TypedError
 from shared.tools.openapi import OperationOptions
-from shared.tools.registry import SideEffect, Tool, ToolContext, ToolError, ToolSpec
+from shared.tools.registry import SideEffect, Tool, ToolContext, ToolError
 from shared.tools.secrets import SecretRef, secret_values
 
 IDEMPOTENCY_ARGUMENT = "idempotency_key"
@@ -135,17 +135,11 @@ def _tool(source: MCPSource, secrets: dict[str, SecretStr | None], remote: Any) 
     idempotent = options.idempotent if options.idempotent is not None else (
         read_only or takes_key or bool(hints is not None and hints.idempotent_hint))
     name = options.tool or f"{source.name}.{_snake(remote.name)}"
-    spec = ToolSpec(
-        name=name,
+    spec = options.tool_spec(
+        "mcp", source.name, name=name,
         description=options.description or remote.description or remote.title or remote.name,
-        input_schema=input_schema,
-        output_schema=dict(remote.output_schema or {}),
-        side_effect=side_effect,
-        data_classes=options.data_classes or [],
-        permission_scope=options.permission_scope or source.name,
-        timeout_s=options.timeout_s or 30.0,
-        idempotent=idempotent,
-        source=f"mcp:{source.name}",
+        input_schema=input_schema, output_schema=dict(remote.output_schema or {}),
+        side_effect=side_effect, idempotent=idempotent,
     )
 
     async def invoke(arguments: dict[str, Any], ctx: ToolContext) -> Any:

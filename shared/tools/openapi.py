@@ -42,6 +42,18 @@ class OperationOptions(BaseModel):
     timeout_s: float | None = Field(None, gt=0)
     idempotent: bool | None = None
 
+    def tool_spec(self, kind: str, source: str, **fields: Any) -> ToolSpec:
+        """The spec of an operation imported from `source` (of `kind`, e.g. openapi or mcp): `fields`
+        (name, description, schemas, side effect, idempotency) and the overrides every imported
+        operation defaults alike: no data classes, the source's name as scope, a 30 s timeout."""
+        return ToolSpec(
+            **fields,
+            data_classes=self.data_classes or [],
+            permission_scope=self.permission_scope or source,
+            timeout_s=self.timeout_s or 30.0,
+            source=f"{kind}:{source}",
+        )
+
 
 class OpenAPISource(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -174,18 +186,8 @@ def _operation_tool(
     description = options.description or "\n\n".join(
         part for part in (operation.get("summary"), operation.get("description")) if part
     ) or f"{method.upper()} {path}"
-    spec = ToolSpec(
-        name=name,
-        description=description,
-        input_schema=input_schema,
-        output_schema=_output_schema(operation),
-        side_effect=side_effect,
-        data_classes=options.data_classes or [],
-        permission_scope=options.permission_scope or source.name,
-        timeout_s=options.timeout_s or 30.0,
-        idempotent=idempotent,
-        source=f"openapi:{source.name}",
-    )
+    spec = options.tool_spec("openapi", source.name, name=name, description=description, input_schema=input_schema,
+                             output_schema=_output_schema(operation), side_effect=side_effect, idempotent=idempotent)
     send_key = takes_idempotency_key or side_effect != "read"
     flattened_body = body_schema is not None and flatten
 

@@ -77,38 +77,18 @@ class Tool:
 # --- source 1: Python functions ------------------------------------------------------------
 
 
-def tool(
-    name: str | None = None,
-    *,
-    description: str | None = None,
-    side_effect: SideEffect = "read",
-    data_classes: list[str] | None = None,
-    permission_scope: str = "default",
-    timeout_s: float = 30.0,
-    idempotent: bool = True,
-    input_model: type[BaseModel] | None = None,
-    output_model: type[BaseModel] | None = None,
-) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+def tool(name: str | None = None, **options: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Make a pydantic-typed function a tool; `ToolRegistry.add(fn)` registers it.
 
     The function takes either one pydantic model (the input) or typed keyword parameters, plus
     optionally a parameter annotated `ToolContext`. Its return annotation is the output schema.
+    `options` are `python_tool`'s keywords (description, side_effect, data_classes,
+    permission_scope, timeout_s, idempotent, input_model, output_model).
     It stays callable as before; the tool is on `fn.__goalrail_tool__`.
     """
 
     def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
-        fn.__goalrail_tool__ = python_tool(  # type: ignore[attr-defined]
-            fn,
-            name=name,
-            description=description,
-            side_effect=side_effect,
-            data_classes=data_classes,
-            permission_scope=permission_scope,
-            timeout_s=timeout_s,
-            idempotent=idempotent,
-            input_model=input_model,
-            output_model=output_model,
-        )
+        fn.__goalrail_tool__ = python_tool(fn, name=name, **options)  # type: ignore[attr-defined]
         return fn
 
     return decorate

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import uuid
-from datetime import datetime, timezone
 
 import pytest
 from opentelemetry import trace
@@ -18,17 +17,13 @@ from services.planner.model_planning import ModelPlanner
 from services.planner.planning import load_playbooks
 from services.planner.store import PlanStore
 from shared.events import (
-    Binding,
     ErrorCode,
     GoalEscalated,
-    GoalSpec,
     GoalSubmitted,
     PlanCreated,
     PlanFinished,
     StepFailed,
     StepReady,
-    StepSucceeded,
-    TypedError,
 )
 from shared.models.client import ModelClient
 from shared.models.routing_table import parse_routing_table
@@ -36,9 +31,9 @@ from shared.settings import CONFIG_DIR
 from shared.store import open_database
 from shared.tools.catalogue import build_catalogue
 from shared.tools.policy import ToolPolicy
+from tests.factories import NOW, failed, goal_submitted, succeeded
 from tests.fakes.openai_server import FakeOpenAI
 
-NOW = datetime(2026, 11, 25, 12, 0, tzinfo=timezone.utc)
 GOAL = "Compare Q3 sales with our top accounts"  # no playbook covers it
 SPECS = {spec.name: spec for spec in build_catalogue().catalogue()}
 
@@ -83,20 +78,11 @@ def deps_for(server: FakeOpenAI, repair_rounds: int = 2, max_replans: int = 1) -
 
 
 def submitted(text: str = GOAL, **spec) -> GoalSubmitted:
-    return GoalSubmitted(id="g:submitted", goal_id="g", tenant="acme", time=NOW,
-                         goal=GoalSpec(text=text, requester="cfo", **spec))
-
-
-def succeeded(ready: StepReady, output) -> StepSucceeded:
-    return ready.derive(StepSucceeded, f"g:{ready.step.id}:{ready.attempt}:succeeded", "executor",
-                        plan_id=ready.plan_id, step_id=ready.step.id, attempt=ready.attempt, output=output,
-                        binding=Binding(kind="tool", tool=ready.step.tool or "m", reason="r"))
+    return goal_submitted(text, **spec)
 
 
 def failed_for_good(ready: StepReady, message: str = "account service is gone") -> StepFailed:
-    error = TypedError(code=ErrorCode.UPSTREAM_ERROR, message=message, retryable=False)
-    return ready.derive(StepFailed, f"g:{ready.step.id}:{ready.attempt}:failed", "executor",
-                        plan_id=ready.plan_id, step_id=ready.step.id, attempt=ready.attempt, error=error)
+    return failed(ready, retryable=False, message=message)
 
 
 def prompt_data(request: dict) -> dict:

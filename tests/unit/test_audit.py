@@ -3,14 +3,10 @@ repository and handler on an in-memory store."""
 
 from __future__ import annotations
 
-import uuid
 from datetime import datetime, timedelta, timezone
-
-import pytest
 
 from services.auditor.audit import GENESIS, chain, first_broken_link, outcome_for, record_hash
 from services.auditor.handlers import AuditorDeps, handle
-from services.auditor.store import AuditStore
 from shared.events import (
     Binding,
     ErrorCode,
@@ -26,7 +22,7 @@ from shared.events import (
     TypedError,
     Usage,
 )
-from shared.store import open_database
+from tests.factories import audit_store  # noqa: F401 (a fixture)
 
 T0 = datetime(2026, 11, 25, 12, 0, tzinfo=timezone.utc)
 ERROR = TypedError(code=ErrorCode.UPSTREAM_ERROR, message="sales system down")
@@ -165,42 +161,35 @@ def test_other_events_settle_nothing():
 # --- repository and handler ----------------------------------------------------------------
 
 
-@pytest.fixture
-async def store() -> AuditStore:
-    audit = AuditStore(open_database("memory://", f"audit_{uuid.uuid4().hex}"))
-    await audit.init()
-    return audit
-
-
-async def test_store_appends_once_per_event_id_and_reads_in_seq_order(store):
+async def test_store_appends_once_per_event_id_and_reads_in_seq_order(audit_store):
     records = linked(events())
     for record in reversed(records):
-        assert await store.append(record, []) is True
-    assert await store.append(records[0], []) is False  # the same event id again
-    assert [r.seq for r in await store.records("g")] == [1, 2, 3, 4]
-    assert (await store.head("g")).seq == 4
-    assert await store.head("other") is None
-    assert await store.records("other") == []
+        assert await audit_store.append(record, []) is True
+    assert await audit_store.append(records[0], []) is False  # the same event id again
+    assert [r.seq for r in await audit_store.records("g")] == [1, 2, 3, 4]
+    assert (await audit_store.head("g")).seq == 4
+    assert await audit_store.head("other") is None
+    assert await audit_store.records("other") == []
 
 
-async def test_store_refuses_a_second_record_at_the_same_place(store):
+async def test_store_refuses_a_second_record_at_the_same_place(audit_store):
     first, = linked(events()[:1])
     rival = chain(events("g")[1], None)  # a different event that also thinks it is seq 1
-    assert await store.append(first, []) is True
-    assert await store.append(rival, []) is False
-    assert [r.event_id for r in await store.records("g")] == ["g:submitted"]
+    assert await audit_store.append(first, []) is True
+    assert await audit_store.append(rival, []) is False
+    assert [r.event_id for r in await audit_store.records("g")] == ["g:submitted"]
 
 
-async def test_store_keeps_the_outbox_of_each_event(store):
+async def test_store_keeps_the_outbox_of_each_event(audit_store):
     event = finished(goal(), "failed", error=ERROR)
     outbox = outcome_for(event, T0, None)
-    await store.append(chain(event, None), outbox)
-    assert await store.outbox_of(event.id) == outbox
-    assert await store.outbox_of("unknown") is None
+    await audit_store.append(chain(event, None), outbox)
+    assert await audit_store.outbox_of(event.id) == outbox
+    assert await audit_store.outbox_of("unknown") is None
 
 
-async def test_handler_chains_every_event_and_publishes_the_outcome_once(store):
-    deps = AuditorDeps(store=store, clock=lambda: T0 + timedelta(seconds=5))
+async def test_handler_chains_every_event_and_publishes_the_outcome_once(audit_store):
+    deps = AuditorDeps(store=audit_store, clock=lambda: T0 + timedelta(seconds=5))
     evs = events()
     outboxes = [await handle(e, deps) for e in evs]
     assert outboxes[:3] == [[], [], []]
@@ -208,16 +197,16 @@ async def test_handler_chains_every_event_and_publishes_the_outcome_once(store):
     assert isinstance(outcome, GoalCompleted) and outcome.cycle_time_s == 5.0
     assert await handle(evs[3], deps) == outboxes[3]  # a redelivery: the same outcome, no new record
     assert await handle(evs[0], deps) == []
-    records = await store.records("g")
+    records = await audit_store.records("g")
     assert [r.event_id for r in records] == [e.id for e in evs]
     assert first_broken_link(records) is None
 
 
-async def test_chains_of_different_goals_are_independent(store):
-    deps = AuditorDeps(store=store, clock=lambda: T0)
+async def test_chains_of_different_goals_are_independent(audit_store):
+    deps = AuditorDeps(store=audit_store, clock=lambda: T0)
     for a, b in zip(events("g1"), events("g2")):
         await handle(a, deps)
         await handle(b, deps)
     for goal_id in ("g1", "g2"):
-        records = await store.records(goal_id)
+        records = await audit_store.records(goal_id)
         assert [r.seq for r in records] == [1, 2, 3, 4] and first_broken_link(records) is None

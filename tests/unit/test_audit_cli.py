@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from datetime import datetime, timedelta, timezone
 
 import pytest
 from rich.console import Console
@@ -12,26 +11,12 @@ from typer.testing import CliRunner
 
 import shared.cli_audit as cli_audit
 from services.auditor.app import DATABASE
-from services.auditor.audit import chain
 from services.auditor.store import AuditStore
 from shared.cli import app
-from shared.events import (
-    Binding,
-    GoalCompleted,
-    GoalSpec,
-    GoalSubmitted,
-    Plan,
-    PlanCreated,
-    Step,
-    StepFailed,
-    StepSucceeded,
-    TypedError,
-    Usage,
-)
 from shared.store import open_database, reset_memory_stores
+from tests.factories import fill, tamper
 
 runner = CliRunner()
-T0 = datetime(2026, 11, 2, 9, 0, tzinfo=timezone.utc)
 
 
 @pytest.fixture(autouse=True)
@@ -40,46 +25,6 @@ def wide_console(monkeypatch):
     reset_memory_stores()
     yield
     reset_memory_stores()
-
-
-def goal_events(goal_id: str) -> list:
-    common = {"goal_id": goal_id, "tenant": "acme"}
-    binding = Binding(kind="model", model="goalrail/offline-writer", reason="offline")
-    return [
-        GoalSubmitted(id=f"{goal_id}:submitted", source="erp", time=T0, **common,
-                      goal=GoalSpec(text="Prepare the Q3 sales report", requester="cfo@acme.example")),
-        PlanCreated(id=f"{goal_id}:plan", source="planner", time=T0 + timedelta(seconds=0.2), **common,
-                    plan=Plan(plan_id="p", source="playbook:quarterly-sales-report",
-                              steps=[Step(id="write_summary", task_type="summarise", instruction="sum up")]),
-                    goal_text="Prepare the Q3 sales report"),
-        StepFailed(id=f"{goal_id}:write_summary:1:failed", source="executor", time=T0 + timedelta(seconds=0.5),
-                   **common, plan_id="p", step_id="write_summary", attempt=1, binding=binding,
-                   error=TypedError(code="UPSTREAM_TIMEOUT", message="model slow", retryable=True)),
-        StepSucceeded(id=f"{goal_id}:write_summary:2:succeeded", source="executor", time=T0 + timedelta(seconds=1),
-                      **common, plan_id="p", step_id="write_summary", attempt=2, output={"text": "ok"},
-                      binding=binding, usage=Usage(cost_usd=0.0123)),
-        GoalCompleted(id=f"{goal_id}:outcome", source="goalrail/auditor", time=T0 + timedelta(seconds=1.5),
-                      **common, outputs={"summary": "ok"}, cycle_time_s=1.5, steps=1, retries=1,
-                      usage=Usage(cost_usd=0.0123)),
-    ]
-
-
-def fill(url: str, goal_id: str = "goal-1") -> None:
-    async def run() -> None:
-        store = AuditStore(open_database(url, DATABASE))
-        await store.init()
-        previous = None
-        for event in goal_events(goal_id):
-            record = chain(event, previous)
-            assert await store.append(record, [])
-            previous = record
-
-    asyncio.run(run())
-
-
-def tamper(url: str, event_id: str, change: dict) -> None:
-    collection = open_database(url, DATABASE)["audit"]
-    asyncio.run(collection.update_one({"_id": event_id}, {"$set": change}))
 
 
 def test_verify_says_intact_for_an_untouched_chain(tmp_path):

@@ -7,24 +7,13 @@ import asyncio
 import httpx
 import pytest
 
-from services.auditor.app import DATABASE
 from services.auditor.http import HttpServer, create_api
-from services.auditor.store import AuditStore
 from shared.embedded.stack import free_port
-from shared.store import open_database, reset_memory_stores
-from tests.unit.test_audit_cli import fill, tamper
+from tests.factories import filled_audit_store, tamper  # noqa: F401 (a fixture)
 
 
-@pytest.fixture
-def store():
-    reset_memory_stores()
-    fill("memory://", "goal-1")
-    yield AuditStore(open_database("memory://", DATABASE))
-    reset_memory_stores()
-
-
-async def test_kpis_goals_audit_and_verify(store):
-    api = create_api(store, {"quarterly-sales-report": 480.0})
+async def test_kpis_goals_audit_and_verify(filled_audit_store):
+    api = create_api(filled_audit_store, {"quarterly-sales-report": 480.0})
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=api), base_url="http://auditor") as http:
         [row] = (await http.get("/kpis")).json()["processes"]
         assert row["process"] == "playbook:quarterly-sales-report"
@@ -47,9 +36,9 @@ async def test_kpis_goals_audit_and_verify(store):
         assert (await http.get("/goals/nope/verify")).status_code == 404
 
 
-async def test_server_runs_in_the_loop_and_stops(store):
+async def test_server_runs_in_the_loop_and_stops(filled_audit_store):
     port = free_port()
-    server = HttpServer(create_api(store, {}), port, "127.0.0.1")
+    server = HttpServer(create_api(filled_audit_store, {}), port, "127.0.0.1")
     await server.start()
     try:
         async with httpx.AsyncClient() as http:
@@ -61,12 +50,12 @@ async def test_server_runs_in_the_loop_and_stops(store):
             await http.get(f"http://127.0.0.1:{port}/healthz")
 
 
-async def test_a_port_in_use_is_a_clear_error(store):
+async def test_a_port_in_use_is_a_clear_error(filled_audit_store):
     import socket
 
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
-        server = HttpServer(create_api(store, {}), busy.getsockname()[1], "127.0.0.1")
+        server = HttpServer(create_api(filled_audit_store, {}), busy.getsockname()[1], "127.0.0.1")
         with pytest.raises(RuntimeError, match="GOALRAIL_AUDITOR_HTTP_PORT"):
             await server.start()

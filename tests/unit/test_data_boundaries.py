@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import uuid
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -50,8 +49,8 @@ from shared.store import open_database  # noqa: E402
 from shared.tools.catalogue import build_catalogue  # noqa: E402
 from shared.tools.policy import ToolPolicy, parse_tool_policy  # noqa: E402
 from shared.tools.registry import Tool, ToolRegistry, ToolSpec  # noqa: E402
+from tests.factories import NOW, goal_submitted as submitted  # noqa: E402
 
-NOW = datetime(2026, 11, 25, 12, 0, tzinfo=timezone.utc)
 CARD = "4111 1111 1111 1111"
 SPECS = {spec.name: spec for spec in build_catalogue().catalogue()}
 POLICY = parse_tool_policy({
@@ -178,11 +177,6 @@ async def planner_deps() -> PlannerDeps:
     return PlannerDeps(store=store, playbooks=load_playbooks(CONFIG_DIR / "playbooks"),
                        tool_names=frozenset(SPECS), clock=lambda: NOW,
                        boundaries=PlanBoundary(POLICY.goal_types, SPECS))
-
-
-def submitted(text: str) -> GoalSubmitted:
-    return GoalSubmitted(id="g:submitted", goal_id="g", tenant="acme", time=NOW,
-                         goal=GoalSpec(text=text, requester="cfo"))
 
 
 async def test_the_planner_refuses_a_playbook_outside_its_boundary(planner_deps):

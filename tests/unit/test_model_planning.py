@@ -4,7 +4,7 @@ playbook covers, playbooks adapted by the model, replanning, deadlines and budge
 from __future__ import annotations
 
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 
 import pytest
 from opentelemetry import trace
@@ -14,19 +14,12 @@ from services.planner.model_planning import ModelPlanner
 from services.planner.planning import load_playbooks
 from services.planner.store import PlanStore
 from shared.events import (
-    Binding,
     Budget,
     Constraints,
     ErrorCode,
     GoalEscalated,
-    GoalSpec,
-    GoalSubmitted,
     PlanCreated,
     PlanFinished,
-    StepFailed,
-    StepReady,
-    StepSucceeded,
-    TypedError,
     Usage,
 )
 from shared.models.client import ModelClient
@@ -34,8 +27,8 @@ from shared.settings import CONFIG_DIR
 from shared.store import open_database
 from shared.tools.catalogue import build_catalogue
 from shared.tools.policy import ToolPolicy
+from tests.factories import NOW, failed, goal_submitted as goal, succeeded
 
-NOW = datetime(2026, 11, 25, 12, 0, tzinfo=timezone.utc)
 SPECS = {spec.name: spec for spec in build_catalogue().catalogue()}
 MODELS = ModelClient(trace.get_tracer("test"))
 
@@ -60,23 +53,6 @@ def deps(clock) -> PlannerDeps:
     store = PlanStore(open_database("memory://", f"planner_{uuid.uuid4().hex}"))
     return PlannerDeps(store=store, playbooks=load_playbooks(CONFIG_DIR / "playbooks"), tool_names=frozenset(SPECS),
                        clock=clock, planner=planner, max_replans=1)
-
-
-def goal(text: str, **spec) -> GoalSubmitted:
-    return GoalSubmitted(id="g:submitted", goal_id="g", tenant="acme", time=NOW,
-                         goal=GoalSpec(text=text, requester="cfo", **spec))
-
-
-def succeeded(ready: StepReady, output, cost: float = 0.0) -> StepSucceeded:
-    return ready.derive(StepSucceeded, f"g:{ready.step.id}:{ready.attempt}:succeeded", "executor",
-                        plan_id=ready.plan_id, step_id=ready.step.id, attempt=ready.attempt, output=output,
-                        binding=Binding(kind="tool", tool="x", reason="r"), usage=Usage(cost_usd=cost))
-
-
-def failed_for_good(ready: StepReady) -> StepFailed:
-    error = TypedError(code=ErrorCode.UPSTREAM_ERROR, message="CRM is down for good", retryable=False)
-    return ready.derive(StepFailed, f"g:{ready.step.id}:{ready.attempt}:failed", "executor",
-                        plan_id=ready.plan_id, step_id=ready.step.id, attempt=ready.attempt, error=error)
 
 
 async def test_a_goal_no_playbook_covers_is_planned_by_the_model(deps):
@@ -122,7 +98,7 @@ async def test_offline_replanning_goes_on_without_a_failed_read(deps):
     created, *ready = await handle(goal("Prepare the Q3 sales report for the board", adapt_playbook=True), deps)
     figures, accounts = ready
     await handle(succeeded(figures, {"totals": {"revenue": 5}}), deps)
-    revised, summary = await handle(failed_for_good(accounts), deps)
+    revised, summary = await handle(failed(accounts, retryable=False, message="CRM is down for good"), deps)
     assert isinstance(revised, PlanCreated) and [s.id for s in revised.plan.steps] == [
         "fetch_figures", "write_summary", "publish_report"]
     assert summary.step.id == "write_summary" and summary.resolved_inputs == {"figures": {"totals": {"revenue": 5}}}
@@ -130,7 +106,7 @@ async def test_offline_replanning_goes_on_without_a_failed_read(deps):
 
 async def test_without_a_revision_the_goal_is_escalated_with_the_failure(deps):
     _, ready = await handle(goal("Summarise our top CRM accounts"), deps)
-    escalated, finished = await handle(failed_for_good(ready), deps)
+    escalated, finished = await handle(failed(ready, retryable=False, message="CRM is down for good"), deps)
     assert isinstance(escalated, GoalEscalated) and "no revised plan was found" in escalated.reason
     assert escalated.error.code is ErrorCode.UPSTREAM_ERROR
     assert escalated.error.details["failure_chain"][0]["step_id"] == "fetch_top_accounts"
@@ -163,7 +139,7 @@ async def test_a_goal_over_its_time_budget_fails(deps, clock):
 async def test_a_goal_over_its_money_budget_fails(deps):
     _, ready = await handle(goal("Summarise our top CRM accounts",
                                  constraints=Constraints(budget=Budget(max_cost_usd=0.01))), deps)
-    (finished,) = await handle(succeeded(ready, {"accounts": []}, cost=0.02), deps)
+    (finished,) = await handle(succeeded(ready, {"accounts": []}, Usage(cost_usd=0.02)), deps)
     assert finished.error.code is ErrorCode.BUDGET_EXCEEDED
     assert finished.error.details == {"limit": "max_cost_usd", "max_cost_usd": 0.01, "cost_usd": 0.02}
 

@@ -7,16 +7,12 @@ from datetime import UTC, datetime
 from xml.etree import ElementTree
 
 import httpx
-import pytest
 
-from services.auditor.app import DATABASE
 from services.auditor.audit import AuditRecord
 from services.auditor.http import create_api
 from services.auditor.kpis import ProcessKpis
 from services.auditor.operator_page import kpi_svg, layers, plan_svg, plan_view
-from services.auditor.store import AuditStore
-from shared.store import open_database, reset_memory_stores
-from tests.unit.test_audit_cli import fill
+from tests.factories import filled_audit_store  # noqa: F401 (a fixture)
 
 SVG = "{http://www.w3.org/2000/svg}"
 PLAN = {
@@ -141,16 +137,8 @@ def test_no_kpis_yet():
     assert "no goals yet" in kpi_svg([])
 
 
-@pytest.fixture
-def filled_store():
-    reset_memory_stores()
-    fill("memory://", "goal-1")
-    yield AuditStore(open_database("memory://", DATABASE))
-    reset_memory_stores()
-
-
-async def test_page_and_graph_routes_on_the_auditor_api(filled_store):
-    api = create_api(filled_store, {"quarterly-sales-report": 480.0})
+async def test_page_and_graph_routes_on_the_auditor_api(filled_audit_store):
+    api = create_api(filled_audit_store, {"quarterly-sales-report": 480.0})
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=api), base_url="http://auditor") as http:
         for path in ("/", "/ui"):
             page = await http.get(path)

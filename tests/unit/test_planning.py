@@ -4,7 +4,6 @@ handlers over its repository on an in-memory store: folding results, retries, re
 from __future__ import annotations
 
 import uuid
-from datetime import datetime, timezone
 
 import pytest
 
@@ -21,7 +20,6 @@ from services.planner.planning import (
 )
 from services.planner.store import GoalRecord, PlanStore
 from shared.events import (
-    Binding,
     Constraints,
     ErrorCode,
     GoalSpec,
@@ -30,16 +28,14 @@ from shared.events import (
     PlanCreated,
     PlanFinished,
     Step,
-    StepFailed,
     StepReady,
-    StepSucceeded,
     TypedError,
     Usage,
 )
 from shared.settings import CONFIG_DIR
 from shared.store import open_database
+from tests.factories import NOW, failed, goal_submitted, succeeded
 
-NOW = datetime(2026, 11, 25, 12, 0, tzinfo=timezone.utc)
 SALES_GOAL = "Prepare the Q3 sales report for the board"
 PLAYBOOKS = load_playbooks(CONFIG_DIR / "playbooks")
 # the built-in catalogue's names, fixed here so planning tests do not depend on the tool layer
@@ -280,20 +276,7 @@ def deps() -> PlannerDeps:
 
 
 def goal(text: str = SALES_GOAL, goal_id: str = "g", **spec) -> GoalSubmitted:
-    return GoalSubmitted(id=f"{goal_id}:submitted", goal_id=goal_id, tenant="acme", time=NOW,
-                         goal=GoalSpec(text=text, requester="cfo", **spec))
-
-
-def succeeded(ready: StepReady, output, usage: Usage | None = None) -> StepSucceeded:
-    return ready.derive(StepSucceeded, f"{ready.goal_id}:{ready.step.id}:{ready.attempt}:succeeded", "executor",
-                        plan_id=ready.plan_id, step_id=ready.step.id, attempt=ready.attempt, output=output,
-                        binding=Binding(kind="tool", tool="x", reason="r"), usage=usage or Usage())
-
-
-def failed(ready: StepReady, retryable: bool = True) -> StepFailed:
-    error = TypedError(code=ErrorCode.UPSTREAM_ERROR, message="503", retryable=retryable)
-    return ready.derive(StepFailed, f"{ready.goal_id}:{ready.step.id}:{ready.attempt}:failed", "executor",
-                        plan_id=ready.plan_id, step_id=ready.step.id, attempt=ready.attempt, error=error)
+    return goal_submitted(text, goal_id, **spec)
 
 
 async def test_goal_becomes_plan_created_and_first_ready_steps(deps):

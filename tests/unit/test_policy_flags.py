@@ -4,11 +4,9 @@ finished plan before it becomes the official outcome: every branch of the verifi
 from __future__ import annotations
 
 import asyncio
-import uuid
 from datetime import datetime, timedelta, timezone
 
 import httpx
-import pytest
 from rich.console import Console
 from typer.testing import CliRunner
 
@@ -40,6 +38,7 @@ from shared.models.routing_table import parse_routing_table
 from shared.store import open_database, reset_memory_stores
 from shared.tools.catalogue import build_catalogue
 from shared.tools.policy import parse_tool_policy
+from tests.factories import audit_store  # noqa: F401 (a fixture)
 
 T0 = datetime(2026, 11, 25, 12, 0, tzinfo=timezone.utc)
 CARD = "4111 1111 1111 1111"
@@ -200,47 +199,40 @@ def test_a_failed_plan_stays_a_failed_goal_whatever_the_flags():
 # --- the handler stores flags; the API and the CLI show them ----------------------------------
 
 
-@pytest.fixture
-async def store() -> AuditStore:
-    audit = AuditStore(open_database("memory://", f"audit_{uuid.uuid4().hex}"))
-    await audit.init()
-    return audit
-
-
-async def test_the_handler_stores_flags_once_and_escalates_a_goal_with_an_open_one(store):
-    deps = AuditorDeps(store=store, clock=lambda: T0 + timedelta(seconds=3), policy=CONTEXT)
+async def test_the_handler_stores_flags_once_and_escalates_a_goal_with_an_open_one(audit_store):
+    deps = AuditorDeps(store=audit_store, clock=lambda: T0 + timedelta(seconds=3), policy=CONTEXT)
     issue = Step(id="issue", task_type="act", tool="tracker.create_issue")
     outside = dispatch(issue, Binding(kind="tool", tool="tracker.create_issue", reason="r"))
     assert await handle(outside, deps) == []
     assert await handle(outside, deps) == []  # redelivered: no second flag
-    (stored,) = await store.flags("g")
+    (stored,) = await audit_store.flags("g")
     assert stored.rule == "outside_data_boundary"
     escalated, failed = await handle(finished({"issue": "succeeded"}), deps)
     assert isinstance(escalated, GoalEscalated) and isinstance(failed, GoalFailed)
     assert await handle(finished({"issue": "succeeded"}), deps) == [escalated, failed]  # replayed, not re-verified
 
 
-async def test_the_handler_completes_a_goal_with_only_mitigated_flags(store):
-    deps = AuditorDeps(store=store, clock=lambda: T0, policy=CONTEXT)
+async def test_the_handler_completes_a_goal_with_only_mitigated_flags(audit_store):
+    deps = AuditorDeps(store=audit_store, clock=lambda: T0, policy=CONTEXT)
     await handle(ROOT.derive(PlanCreated, "g:plan:created", "planner", plan=PLAN, goal_text="t"), deps)
     summary = ROOT.derive(StepSucceeded, "g:summary:1:succeeded", "executor", plan_id="g:plan", step_id="summary",
                           attempt=1, output={"text": f"card {CARD}"},
                           binding=Binding(kind="model", model="a/cloud", reason="r"))
     await handle(summary, deps)
-    assert rules(await store.flags("g")) == [("pii_headed_to_web_tool", "mitigated")]
+    assert rules(await audit_store.flags("g")) == [("pii_headed_to_web_tool", "mitigated")]
     (outcome,) = await handle(finished({"summary": "succeeded", "publish": "succeeded"}), deps)
     assert isinstance(outcome, GoalCompleted)
     # the stored record of the output is redacted, the flag names only where
-    records = await store.records("g")
+    records = await audit_store.records("g")
     assert all(CARD not in str(r.event) for r in records)
 
 
-async def test_the_audit_api_lists_the_flags(store):
-    deps = AuditorDeps(store=store, clock=lambda: T0, policy=CONTEXT)
+async def test_the_audit_api_lists_the_flags(audit_store):
+    deps = AuditorDeps(store=audit_store, clock=lambda: T0, policy=CONTEXT)
     await handle(ROOT, deps)
     await handle(dispatch(Step(id="issue", task_type="act", tool="tracker.create_issue"),
                           Binding(kind="tool", tool="tracker.create_issue", reason="r")), deps)
-    api = create_api(store, {})
+    api = create_api(audit_store, {})
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=api), base_url="http://auditor") as http:
         audit = (await http.get("/goals/g/audit")).json()
     (listed,) = audit["policy_flags"]
