@@ -7,6 +7,8 @@ and worst entries) and states them plainly.
 
 from __future__ import annotations
 
+import re
+
 from typing import Any
 
 _NAME_KEYS = ("name", "region", "title", "label", "id")
@@ -35,8 +37,18 @@ def classify(instruction: str, data: dict[str, Any]) -> str:
     return labels[0] if labels else "unknown"
 
 
+# An instruction starts with what to do ("Summarise Q3 sales for the board"); the document's
+# heading is what it is about ("Q3 sales for the board").
+_LEADING_VERB = re.compile(
+    r"^(?:summari[sz]e|write|draft|prepare|produce|compose|create|classify|extract)\s+(?:(?:a|an|the)\s+)?",
+    re.IGNORECASE,
+)
+
+
 def _headline(instruction: str) -> str:
     headline = instruction.strip().rstrip(".")
+    subject = _LEADING_VERB.sub("", headline)
+    headline = subject or headline
     return headline[:1].upper() + headline[1:] if headline else "Summary"
 
 

@@ -366,7 +366,7 @@ async def test_model_task_through_litellm_offline_provider(spans):
     result = await runner.run(dispatched(tool=None, inputs=data, instruction="Summarise Q3 2026 sales"))
     assert isinstance(result, StepSucceeded), getattr(result, "error", None)
     text = result.output["text"]
-    assert text.startswith("## Summarise Q3 2026 sales\n")
+    assert text.startswith("## Q3 2026 sales\n")
     assert "In total: revenue 4,200,000, target 4,000,000." in text
     assert result.output["model"].endswith("offline-writer")
     assert result.usage.output_tokens == len(text.split()) and result.usage.cost_usd == 0.0

@@ -30,9 +30,12 @@ def test_same_input_same_text():
 
 def test_headline_comes_from_the_instruction():
     text = write("summarise", INSTRUCTION, report_data())
-    assert text.splitlines()[0] == "## Summarise Q3 2026 sales performance for the board"
-    assert write("write", "  draft a memo. ", {"a": 1}).startswith("## Draft a memo\n")
+    assert text.splitlines()[0] == "## Q3 2026 sales performance for the board"
+    assert write("write", "  draft a memo. ", {"a": 1}).startswith("## Memo\n")
     assert write("write", "", {"a": 1}).startswith("## Summary\n")
+    assert write("summarise", "Summarize the figures", {"a": 1}).startswith("## Figures\n")
+    assert write("write", "Send the top 5 accounts", {"a": 1}).startswith("## Send the top 5 accounts\n")
+    assert write("write", "Write", {"a": 1}).startswith("## Write\n")
 
 
 def test_figures_from_the_input_appear_in_the_text():
