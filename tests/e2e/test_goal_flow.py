@@ -37,7 +37,8 @@ async def test_demo_goal_completes_with_one_report_and_an_intact_audit_chain(sha
     audit = AuditStore(open_database(stack.env()["GOALRAIL_MONGO_URL"], "goalrail_auditor"))
     records = await audit.records(outcome.goal_id)
     types = [r.event_type for r in records]
-    assert types[0] == "goalrail.goal.submitted"
+    # each event once; the auditor reads every topic on its own, so the order across topics may vary
+    assert types.count("goalrail.goal.submitted") == 1
     assert types.count("goalrail.step.succeeded") == 4
     assert "goalrail.plan.finished" in types
     assert first_broken_link(records) is None
