@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from shared.settings import Settings
+from shared.store import embedded_store_url
 
 audit_app = typer.Typer(help="The tamper-evident audit trail of goals.", no_args_is_help=True)
 console = Console()
@@ -33,7 +34,7 @@ def store_url(mongo_url: str | None, workdir: Path | None) -> str:
     if mongo_url:
         return mongo_url
     if workdir is not None:
-        return f"embedded://{workdir / 'store'}"
+        return embedded_store_url(workdir)
     return Settings().mongo_url
 
 

@@ -11,6 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from shared.cli_audit import store_url
 from shared.events import Step
 from shared.models.routing_table import TASK_TYPES, RoutingTable, load_routing_table
 from shared.settings import Settings
@@ -50,11 +51,8 @@ async def _stats(url: str, models: list[str]) -> dict[str, ModelStats]:
 
 
 def _store_url(mongo_url: str | None, workdir: Path | None) -> str | None:
-    if mongo_url:
-        return mongo_url
-    if workdir is not None:
-        return f"embedded://{workdir / 'store'}"
-    return None
+    """Statistics only come from a store named on the command line."""
+    return store_url(mongo_url, workdir) if mongo_url or workdir is not None else None
 
 
 @routes_app.command("check")

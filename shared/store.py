@@ -125,6 +125,11 @@ def _mongo_client(url: str) -> Any:
     return AsyncMongoClient(url, tz_aware=True)
 
 
+def embedded_store_url(workdir: Path) -> str:
+    """The store URL of an embedded stack (demo, `up`, bench, tests) that runs in `workdir`."""
+    return f"embedded://{workdir / 'store'}"
+
+
 def open_database(url: str, name: str) -> Database:
     """The database `name` at `url` (mongodb://…, embedded://PATH or memory://)."""
     if url.startswith(("mongodb://", "mongodb+srv://")):

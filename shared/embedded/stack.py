@@ -22,6 +22,7 @@ from pathlib import Path
 import httpx
 
 from shared.bus import ensure_topics
+from shared.store import embedded_store_url
 
 SERVICES = ("planner", "router", "executor", "auditor")
 READY_MARK = "ready, consuming"
@@ -134,7 +135,7 @@ class EmbeddedStack:
             "GOALRAIL_KAFKA_BOOTSTRAP": self.bootstrap,
             "GOALRAIL_KAFKA_PARTITIONS": str(self.partitions),
             "GOALRAIL_KAFKA_SESSION_TIMEOUT_MS": "6000",
-            "GOALRAIL_MONGO_URL": f"embedded://{self.workdir / 'store'}",
+            "GOALRAIL_MONGO_URL": embedded_store_url(self.workdir),
             "GOALRAIL_DEMO_API_URL": self.demo_api_url,
             "GOALRAIL_SMTP_URL": self.smtp_url,
             "GOALRAIL_ARTIFACTS_DIR": str(self.artifacts_dir),
