@@ -380,8 +380,14 @@ for _event_type in EVENT_TYPES:
     TOPIC_EVENTS.setdefault(_event_type.topic, []).append(_event_type)
 
 
+def step_event_id(goal_id: str, step_id: str, attempt: int, kind: str) -> str:
+    """The deterministic id of what happens to one attempt of one step (`ready`, `dispatched`,
+    `approval`, `succeeded`, `failed`): a replayed handler derives the same id."""
+    return f"{goal_id}:{step_id}:{attempt}:{kind}"
+
+
 def approval_id_for(goal_id: str, step_id: str, attempt: int) -> str:
-    return f"{goal_id}:{step_id}:{attempt}:approval"
+    return step_event_id(goal_id, step_id, attempt, "approval")
 
 
 def parse_approval_id(approval_id: str, goal_id: str) -> tuple[str, int]:

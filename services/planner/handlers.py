@@ -39,6 +39,7 @@ from shared.events import (
     StepSucceeded,
     TypedError,
     Usage,
+    step_event_id,
 )
 from shared.governance.boundaries import PlanBoundary
 from shared.telemetry.tracing import current_trace_id
@@ -339,7 +340,7 @@ def _release(cause: Event, record: GoalRecord) -> list[Event]:
         released.append(
             cause.derive(
                 StepReady,
-                f"{record.goal_id}:{step.id}:{attempt}:ready",
+                step_event_id(record.goal_id, step.id, attempt, "ready"),
                 SOURCE,
                 plan_id=record.plan.plan_id,
                 step=step,

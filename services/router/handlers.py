@@ -28,6 +28,7 @@ from shared.events import (
     StepSucceeded,
     TypedError,
     approval_id_for,
+    step_event_id,
 )
 from shared.governance.pii import ALL_PII as PII
 from shared.governance.pii import find_in_value, redact_value
@@ -71,7 +72,6 @@ async def handle(event: Event, deps: RouterDeps) -> list[Event]:
 
 
 async def _dispatch(event: StepReady, deps: RouterDeps) -> list[Event]:
-    prefix = f"{event.goal_id}:{event.step.id}:{event.attempt}"
     stats, budget = await _learned(event, deps)
     step, detected = _with_detected_pii(event, deps.table)
     try:
@@ -81,7 +81,8 @@ async def _dispatch(event: StepReady, deps: RouterDeps) -> list[Event]:
         error = exc.error
         if detected:
             error = error.model_copy(update={"details": {**error.details, "pii_detected_at": detected}})
-        return [event.derive(StepFailed, f"{prefix}:failed", SOURCE, plan_id=event.plan_id,
+        failed_id = step_event_id(event.goal_id, event.step.id, event.attempt, "failed")
+        return [event.derive(StepFailed, failed_id, SOURCE, plan_id=event.plan_id,
                              step_id=event.step.id, attempt=event.attempt, error=error)]
     if detected:
         binding = binding.model_copy(update={"reason": f"{binding.reason}; pii detected in inputs at {detected}"})
@@ -100,7 +101,7 @@ async def _dispatched(
         await store.reserve(event.goal_id, event.tenant, binding.estimated_cost_usd)
     dispatched = event.derive(
         StepDispatched,
-        f"{event.goal_id}:{event.step.id}:{event.attempt}:dispatched",
+        step_event_id(event.goal_id, event.step.id, event.attempt, "dispatched"),
         SOURCE,
         plan_id=event.plan_id,
         step=event.step,
@@ -155,7 +156,7 @@ async def _decided(event: ApprovalDecided, store: RouterStore) -> list[Event]:
                        details={"approval_id": event.approval_id, "decided_by": event.decided_by,
                                 "comment": event.comment})
     # no binding: nothing was dispatched, so there is no reserved cost to release (see _observe)
-    failed = ready.derive(StepFailed, f"{ready.goal_id}:{ready.step.id}:{ready.attempt}:failed", SOURCE,
+    failed = ready.derive(StepFailed, step_event_id(ready.goal_id, ready.step.id, ready.attempt, "failed"), SOURCE,
                           plan_id=ready.plan_id, step_id=ready.step.id, attempt=ready.attempt, error=error)
     return [failed.model_copy(update={"causation_id": event.id})]
 
