@@ -62,8 +62,12 @@ class Settings(BaseSettings):
     tool_concurrency_per_tool: int = Field(
         4, ge=1, le=1024, description="Calls in flight per tool, so one slow tool cannot take every slot."
     )
-    executor_workers: int = Field(
-        4, ge=1, le=64, description="Consumers per executor process: partitions (goals) handled at once."
+    max_in_flight: int = Field(
+        256,
+        ge=1,
+        le=100_000,
+        description="Events in flight per service process (handled concurrently across goals, in order "
+        "within a goal); at the cap the consumer pauses fetching.",
     )
     artifacts_dir: Path = Field(
         Path(".goalrail/artifacts"), description="Where document tools (spreadsheets, charts) write files."

@@ -44,5 +44,4 @@ def create_app(settings: Settings) -> FastStream:
         await executions.create_index("goal_id")
         await models.warm_up()  # pay litellm's import before the first step, not during it
 
-    return runtime.app([Topic.STEPS_DISPATCHED], partial(handle, deps=deps), on_startup=[init],
-                       max_workers=settings.executor_workers)
+    return runtime.app([Topic.STEPS_DISPATCHED], partial(handle, deps=deps), on_startup=[init])

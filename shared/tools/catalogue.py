@@ -38,7 +38,20 @@ async def echo(args: EchoInput) -> Echo:
     return Echo(echo=args.model_dump())
 
 
-PYTHON_TOOLS = [echo, write_spreadsheet, render_chart, deliver_mail]
+class SleepInput(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    ms: int = Field(500, ge=0, le=60_000, description="How long the call takes, in milliseconds.")
+
+
+@tool("noop.sleep", permission_scope="noop", timeout_s=70, data_classes=["public"])
+async def sleep(args: SleepInput) -> Echo:
+    """No-op that takes `ms` milliseconds, like a slow business API (benchmarks and tests)."""
+    await asyncio.sleep(args.ms / 1000)
+    return Echo(echo=args.model_dump())
+
+
+PYTHON_TOOLS = [echo, sleep, write_spreadsheet, render_chart, deliver_mail]
 
 
 def tool_config(settings: Settings) -> dict[str, str]:
