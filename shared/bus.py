@@ -2,22 +2,23 @@
 the consume guard that turns bad input into a DLQ record plus a typed error event.
 
 Guarantee: a handler's outgoing events are published (and acknowledged by the broker) before the
-handler returns, and the subscriber commits the offset only after that (AckPolicy.NACK_ON_ERROR),
-so a crash anywhere before the commit means redelivery, never loss.
+guard returns, and the consumer commits the offset only after that (shared/consumer.py), so a
+crash anywhere before the commit means redelivery, never loss.
 """
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import json
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.structs import ConsumerRecord
 from aiokafka.errors import TopicAlreadyExistsError
-from faststream import AckPolicy
 from faststream.kafka import KafkaBroker
-from faststream.kafka.message import KafkaMessage
 from opentelemetry.trace import TracerProvider
 from pydantic import ValidationError
 from tenacity import AsyncRetrying, stop_after_attempt, wait_exponential
@@ -54,18 +55,6 @@ def make_broker(settings: Settings, tracer_provider: TracerProvider | None = Non
     )
 
 
-def subscriber_options(settings: Settings, group_id: str) -> dict[str, Any]:
-    """Consumer options every service uses: one group per service, commit after handling."""
-    return {
-        "group_id": group_id,
-        "auto_offset_reset": "earliest",
-        "ack_policy": AckPolicy.NACK_ON_ERROR,
-        "session_timeout_ms": settings.kafka_session_timeout_ms,
-        "heartbeat_interval_ms": max(settings.kafka_session_timeout_ms // 5, 500),
-        "fetch_max_wait_ms": settings.kafka_fetch_max_wait_ms,
-    }
-
-
 async def ensure_topics(bootstrap: str, partitions: int, topics: Iterable[str] = ALL_TOPICS) -> None:
     """Create the topics if missing (idempotent; every service may call it at start-up)."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
@@ -83,14 +72,23 @@ async def ensure_topics(bootstrap: str, partitions: int, topics: Iterable[str] =
 
 
 async def publish(broker: KafkaBroker, events: Iterable[Event]) -> None:
-    """Publish each event to its topic, keyed by goal id so one goal stays on one partition."""
-    for event in events:
+    """Publish each event to its topic, keyed by goal id so one goal stays on one partition, and
+    wait until the broker acknowledged all of them. The events are handed to the producer in
+    order (so one partition gets them in order) and acknowledged together: one round trip for
+    a handler's whole outbox, not one per event."""
+    pending = [
         await broker.publish(
             to_wire(event),
             topic=event.topic.value,
             key=event.goal_id.encode(),
             headers={"ce_type": event.type, "ce_id": event.id, "content-type": "application/json"},
+            no_confirm=True,
         )
+        for event in events
+    ]
+    acks = [ack for ack in pending if inspect.isawaitable(ack)]  # the in-memory TestKafkaBroker returns none
+    if acks:
+        await asyncio.gather(*acks)
 
 
 def _goal_identity(raw: bytes) -> tuple[str | None, str | None, str | None]:
@@ -119,9 +117,8 @@ class ConsumeGuard:
         self.handler = handler
         self.attempts = attempts
 
-    async def __call__(self, message: KafkaMessage) -> None:
-        raw: bytes = message.body
-        record = message.raw_message
+    async def __call__(self, record: ConsumerRecord) -> None:
+        raw: bytes = record.value or b""
         try:
             event = parse_event(raw)
         except ValidationError as exc:

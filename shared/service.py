@@ -1,4 +1,4 @@
-"""What every service process shares: tracing, logging, the broker, the guarded subscriber.
+"""What every service process shares: tracing, logging, the broker, the guarded keyed consumer.
 
 A service's app module only builds its dependencies and names its topics and handler.
 """
@@ -6,14 +6,15 @@ A service's app module only builds its dependencies and names its topics and han
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
 from faststream import FastStream
-from faststream.kafka.annotations import KafkaMessage
 from opentelemetry import trace
 
-from shared.bus import ConsumeGuard, Handler, ensure_topics, make_broker, subscriber_options
+from shared.bus import ConsumeGuard, Handler, ensure_topics, make_broker
+from shared.consumer import KeyedConsumer
 from shared.events import Topic
 from shared.settings import Settings
 from shared.telemetry.tracing import configure_logging, setup_tracing
@@ -30,27 +31,20 @@ class ServiceRuntime:
         self.tracer = trace.get_tracer(f"goalrail.{name}", tracer_provider=self.tracer_provider)
         self.broker = make_broker(settings, self.tracer_provider)
 
+    def guard(self, handler: Handler) -> ConsumeGuard:
+        return ConsumeGuard(self.broker, self.name, handler, self.settings.handler_attempts)
+
+    def consumer(self, topics: Sequence[Topic], handler: Handler) -> KeyedConsumer:
+        """This service's group member: goals side by side, each goal's events in order."""
+        return KeyedConsumer(self.settings, self.name, [t.value for t in topics], self.guard(handler), self.tracer)
+
     def app(
         self,
         topics: Sequence[Topic],
         handler: Handler,
         on_startup: Sequence[Callable[[], Awaitable[None]]] = (),
-        max_workers: int = 1,
     ) -> FastStream:
-        guard = ConsumeGuard(self.broker, self.name, handler, self.settings.handler_attempts)
-        # max_workers > 1 (one topic only): that many consumers of the group in this process, so
-        # a slow message on one partition does not hold the others; offsets still commit after
-        # handling, per partition
-        concurrency = {"max_workers": max_workers} if max_workers > 1 else {}
-
-        @self.broker.subscriber(
-            *(t.value for t in topics),
-            **subscriber_options(self.settings, group_id=self.name),
-            **concurrency,
-            title=f"{self.name}/consume",
-        )
-        async def consume(message: KafkaMessage) -> None:
-            await guard(message)
+        consumer = self.consumer(topics, handler)
 
         async def start() -> None:
             await ensure_topics(self.settings.kafka_bootstrap, self.settings.kafka_partitions)
@@ -58,12 +52,29 @@ class ServiceRuntime:
                 await hook()
 
         async def ready() -> None:
-            log.info("%s ready, consuming %s", self.name, ", ".join(t.value for t in topics))
+            await consumer.start()  # after the broker: handlers publish through it
+            log.info("%s ready, consuming %s (%d events in flight at most)", self.name,
+                     ", ".join(t.value for t in topics), self.settings.max_in_flight)
 
         async def stop() -> None:
             self.tracer_provider.shutdown()
 
-        return FastStream(self.broker, on_startup=[start], after_startup=[ready], after_shutdown=[stop], logger=None)
+        return FastStream(self.broker, on_startup=[start], after_startup=[ready], on_shutdown=[consumer.stop],
+                          after_shutdown=[stop], logger=None)
+
+    @contextlib.asynccontextmanager
+    async def serving(self, topics: Sequence[Topic], handler: Handler) -> AsyncIterator[KeyedConsumer]:
+        """The broker and a consumer running `handler`, without the app's start-up hooks (tests)."""
+        consumer = self.consumer(topics, handler)
+        await self.broker.start()
+        try:
+            await consumer.start()
+            try:
+                yield consumer
+            finally:
+                await consumer.stop()
+        finally:
+            await self.broker.stop()
 
 
 def run(create_app: Callable[[Settings], FastStream], name: str) -> None:

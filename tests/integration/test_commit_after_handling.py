@@ -39,9 +39,7 @@ async def test_offset_is_committed_only_after_the_handler_returns(broker):
         handled.append(event.id)
         return []
 
-    runtime.app([Topic.GOALS_SUBMITTED], slow_handler)
-    await runtime.broker.start()
-    try:
+    async with runtime.serving([Topic.GOALS_SUBMITTED], slow_handler):
         async with GoalrailClient(broker.bootstrap) as client:
             submitted = await client.submit("Prepare the Q3 sales report", requester="t", goal_id="commit-goal")
         await asyncio.wait_for(entered.wait(), 30)
@@ -57,9 +55,6 @@ async def test_offset_is_committed_only_after_the_handler_returns(broker):
             await asyncio.sleep(0.1)
         assert handled == [submitted.id]
         assert _committed_past(await _committed(broker.bootstrap, "commit-probe"), partition) is True
-    finally:
-        release.set()
-        await runtime.broker.stop()
 
 
 def _committed_past(committed: dict[int, int], partition: int) -> bool:

@@ -1,5 +1,5 @@
-"""The consume guard as the services wire it (ServiceRuntime.app), on FastStream's in-memory
-TestKafkaBroker: bad input ends on `<topic>.dlq` with an EventRejected, good input reaches the
+"""The consume guard as the services build it (ServiceRuntime.guard), fed the raw Kafka records
+of FastStream's in-memory TestKafkaBroker: bad input ends on `<topic>.dlq` with an EventRejected, good input reaches the
 handler and its events are published keyed by goal id."""
 
 from __future__ import annotations
@@ -48,7 +48,13 @@ class Harness:
         options = {} if attempts is None else {"handler_attempts": attempts}
         self.settings = Settings(kafka_bootstrap="127.0.0.1:9", mongo_url="memory://", **options)
         self.runtime = ServiceRuntime("router", self.settings)
-        self.runtime.app([Topic.STEPS_READY], self.handle)
+        guard = self.runtime.guard(self.handle)
+
+        # the services' KeyedConsumer hands the guard aiokafka's ConsumerRecord, as this does
+        @self.runtime.broker.subscriber(Topic.STEPS_READY.value, group_id="router")
+        async def consume(message: KafkaMessage) -> None:
+            await guard(message.raw_message)
+
         for topic in WATCHED:
             self._listen(topic)
 

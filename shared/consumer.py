@@ -1,0 +1,186 @@
+"""The services' Kafka consumer: one consumer-group member per process, feeding the keyed
+scheduler (shared/keyed.py) so goals are handled side by side while each goal's events keep
+their order, and committing each partition only up to its lowest unfinished offset.
+
+FastStream's subscribers handle one message at a time (or one partition per worker), so this
+loop uses aiokafka directly; FastStream's broker still publishes (with its OpenTelemetry
+middleware), and each record gets the `<topic> process` consumer span FastStream would give it,
+parented by the trace context in its headers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
+from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
+from opentelemetry import propagate, trace
+from opentelemetry.semconv.trace import SpanAttributes
+
+from shared.keyed import KeyedScheduler, Work
+from shared.settings import Settings
+
+log = logging.getLogger("goalrail.consumer")
+
+RecordHandler = Callable[[ConsumerRecord], Awaitable[None]]
+
+FETCH_TIMEOUT_MS = 200  # how long one poll waits; the loop also polls while paused (max.poll.interval)
+COMMIT_INTERVAL_S = 0.05  # commits are batched off the critical path; a crash only means redelivery
+STOP_GRACE_S = 10.0
+
+
+class KeyedConsumer:
+    def __init__(
+        self,
+        settings: Settings,
+        group_id: str,
+        topics: Sequence[str],
+        handle: RecordHandler,
+        tracer: trace.Tracer,
+        max_in_flight: int | None = None,
+    ) -> None:
+        self._settings = settings
+        self._group_id = group_id
+        self._topics = list(topics)
+        self._handle = handle
+        self._tracer = tracer
+        self.scheduler = KeyedScheduler(self._process, max_in_flight or settings.max_in_flight)
+        self._consumer: AIOKafkaConsumer | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._paused = False
+
+    async def start(self) -> None:
+        session_ms = self._settings.kafka_session_timeout_ms
+        self._consumer = AIOKafkaConsumer(
+            bootstrap_servers=self._settings.kafka_bootstrap,
+            group_id=self._group_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            session_timeout_ms=session_ms,
+            heartbeat_interval_ms=max(session_ms // 5, 500),
+            fetch_max_wait_ms=self._settings.kafka_fetch_max_wait_ms,
+        )
+        await self._consumer.start()
+        self._consumer.subscribe(self._topics, listener=_CommitOnRevoke(self))
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._fetch_loop(), name=f"{self._group_id}-fetch"),
+                       loop.create_task(self._commit_loop(), name=f"{self._group_id}-commit")]
+
+    async def stop(self) -> None:
+        """Stop fetching, let held records finish for a while, commit what finished, leave."""
+        if self._consumer is None:
+            return
+        fetch, commit = self._tasks
+        fetch.cancel()
+        await asyncio.gather(fetch, return_exceptions=True)
+        if not await self.scheduler.drain(STOP_GRACE_S):
+            log.warning("%s stopped with %d records unfinished; they are redelivered", self._group_id,
+                        self.scheduler.held)
+        await self.scheduler.close()
+        commit.cancel()
+        await asyncio.gather(commit, return_exceptions=True)
+        await self._commit(self.scheduler.commit_points())
+        await self._consumer.stop()
+        self._consumer = None
+
+    # --- fetching -------------------------------------------------------------------------------
+
+    async def _fetch_loop(self) -> None:
+        consumer = self._consumer
+        assert consumer is not None
+        while True:
+            self._pause_when_full(consumer)
+            batches = await consumer.getmany(timeout_ms=FETCH_TIMEOUT_MS, max_records=max(self.scheduler.room, 1))
+            for partition, records in batches.items():
+                for record in records:
+                    self.scheduler.submit(Work(_key(record), partition, record.offset, record))
+            if self._paused:
+                await self.scheduler.wait_for_room(FETCH_TIMEOUT_MS / 1000)
+
+    def _pause_when_full(self, consumer: AIOKafkaConsumer) -> None:
+        """At the cap, fetch nothing more (but keep polling, so the group keeps this member)."""
+        full = self.scheduler.full
+        assigned = consumer.assignment()
+        if full:
+            consumer.pause(*assigned)  # also pauses partitions assigned since the last pause
+        elif self._paused:
+            consumer.resume(*assigned)
+        self._paused = full
+
+    async def _process(self, record: ConsumerRecord) -> None:
+        parent = propagate.extract(_text_headers(record))
+        attributes = {
+            SpanAttributes.MESSAGING_SYSTEM: "kafka",
+            SpanAttributes.MESSAGING_OPERATION: "process",
+            SpanAttributes.MESSAGING_DESTINATION_NAME: record.topic,
+            SpanAttributes.MESSAGING_KAFKA_DESTINATION_PARTITION: record.partition,
+            SpanAttributes.MESSAGING_KAFKA_MESSAGE_OFFSET: record.offset,
+            SpanAttributes.MESSAGING_MESSAGE_PAYLOAD_SIZE_BYTES: len(record.value or b""),
+            "messaging.consumer.group.name": self._group_id,
+        }
+        if record.key is not None:
+            attributes[SpanAttributes.MESSAGING_KAFKA_MESSAGE_KEY] = record.key.decode(errors="replace")
+        with self._tracer.start_as_current_span(
+            f"{record.topic} process", context=parent, kind=trace.SpanKind.CONSUMER, attributes=attributes
+        ):
+            await self._handle(record)
+
+    # --- committing -----------------------------------------------------------------------------
+
+    async def _commit_loop(self) -> None:
+        while True:
+            await self.scheduler.progressed.wait()
+            self.scheduler.progressed.clear()
+            await self._commit(self.scheduler.commit_points())
+            await asyncio.sleep(COMMIT_INTERVAL_S)
+
+    async def _commit(self, points: dict) -> None:
+        consumer = self._consumer
+        if consumer is None or not points:
+            return
+        assigned = consumer.assignment()
+        offsets = {tp: OffsetAndMetadata(offset, "") for tp, offset in points.items() if tp in assigned}
+        if not offsets:
+            return
+        try:
+            await consumer.commit(offsets)
+        except (CommitFailedError, IllegalStateError) as exc:
+            # a rebalance took the partitions: the new owner starts from the last commit
+            log.warning("%s could not commit %s: %s", self._group_id, _describe(offsets), exc)
+        except KafkaError as exc:
+            log.warning("%s commit failed (%s); retried with the next commit", self._group_id, exc)
+            self.scheduler.forget_commits(offsets)
+
+
+class _CommitOnRevoke(ConsumerRebalanceListener):
+    """Before partitions move to another member, finish (or give up on) their running records
+    and commit how far they got, so the new owner repeats as little as possible."""
+
+    def __init__(self, owner: KeyedConsumer) -> None:
+        self._owner = owner
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        if not revoked:
+            return
+        grace = self._owner._settings.kafka_session_timeout_ms / 2000
+        points = await self._owner.scheduler.revoke(revoked, timeout=grace)
+        await self._owner._commit(points)
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        return None
+
+
+def _key(record: ConsumerRecord) -> object:
+    """Events are keyed by goal id; a record without a key keeps its partition's order."""
+    return record.key if record.key is not None else (record.topic, record.partition)
+
+
+def _text_headers(record: ConsumerRecord) -> dict[str, str]:
+    return {name: value.decode(errors="replace") for name, value in (record.headers or ()) if value is not None}
+
+
+def _describe(offsets: dict[TopicPartition, OffsetAndMetadata]) -> str:
+    return ", ".join(f"{tp.topic}[{tp.partition}]@{meta.offset}" for tp, meta in offsets.items())
