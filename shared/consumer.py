@@ -30,6 +30,7 @@ RecordHandler = Callable[[ConsumerRecord], Awaitable[None]]
 FETCH_TIMEOUT_MS = 200  # how long one poll waits; the loop also polls while paused (max.poll.interval)
 COMMIT_INTERVAL_S = 0.05  # commits are batched off the critical path; a crash only means redelivery
 STOP_GRACE_S = 10.0
+BACKLOG_PER_SLOT = 16  # offsets a partition may run ahead of its commit point, per in-flight slot
 
 
 class KeyedConsumer:
@@ -51,6 +52,7 @@ class KeyedConsumer:
         self._consumer: AIOKafkaConsumer | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._paused = False
+        self._backlog_limit = BACKLOG_PER_SLOT * self.scheduler.max_in_flight
 
     async def start(self) -> None:
         session_ms = self._settings.kafka_session_timeout_ms
@@ -101,14 +103,13 @@ class KeyedConsumer:
                 await self.scheduler.wait_for_room(FETCH_TIMEOUT_MS / 1000)
 
     def _pause_when_full(self, consumer: AIOKafkaConsumer) -> None:
-        """At the cap, fetch nothing more (but keep polling, so the group keeps this member)."""
-        full = self.scheduler.full
+        """At the cap, fetch nothing more (but keep polling, so the group keeps this member);
+        a partition whose commit point lags too far behind what was fetched waits as well."""
         assigned = consumer.assignment()
-        if full:
-            consumer.pause(*assigned)  # also pauses partitions assigned since the last pause
-        elif self._paused:
-            consumer.resume(*assigned)
-        self._paused = full
+        paused = assigned if self.scheduler.full else assigned & self.scheduler.backlogged(self._backlog_limit)
+        consumer.resume(*(assigned - paused))
+        consumer.pause(*paused)
+        self._paused = bool(paused)
 
     async def _process(self, record: ConsumerRecord) -> None:
         parent = propagate.extract(_text_headers(record))

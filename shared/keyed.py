@@ -54,6 +54,11 @@ class OffsetTracker:
             self._finished.discard(self._pending.popleft())
 
     @property
+    def uncommitted(self) -> int:
+        """Offsets from the commit point on that were fetched (running, waiting or finished)."""
+        return len(self._pending)
+
+    @property
     def commit_point(self) -> int | None:
         """The offset to commit: every offset below it is finished. None before anything was added."""
         if self._pending:
@@ -94,6 +99,12 @@ class KeyedScheduler:
     @property
     def full(self) -> bool:
         return self._held >= self.max_in_flight
+
+    def backlogged(self, limit: int) -> set[Hashable]:
+        """Partitions with `limit` or more offsets fetched past their commit point: one record
+        that hangs holds the commit point, and what finishes after it must not pile up without
+        end either."""
+        return {p for p, tracker in self._trackers.items() if tracker.uncommitted >= limit}
 
     async def wait_for_room(self, timeout: float) -> bool:
         async with self._changed:

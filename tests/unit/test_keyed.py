@@ -235,3 +235,21 @@ async def test_a_crash_mid_batch_leaves_unfinished_offsets_uncommitted():
 def test_the_cap_must_be_positive():
     with pytest.raises(ValueError):
         KeyedScheduler(lambda payload: asyncio.sleep(0), max_in_flight=0)
+
+
+async def test_a_partition_far_ahead_of_its_commit_point_is_reported_backlogged():
+    handler = Gated()
+    scheduler = KeyedScheduler(handler, max_in_flight=100)
+    scheduler.submit(work("hangs", 0, partition="p0"))
+    for offset in range(1, 5):
+        scheduler.submit(work(f"quick-{offset}", offset, partition="p0"))
+    scheduler.submit(work("other", 0, partition="p1"))
+    handler.release(1, 2, 3, 4)
+    await settle()
+    assert scheduler.held == 2  # few records held, but p0's commit point is stuck at offset 0
+    assert scheduler.backlogged(limit=5) == {"p0"}
+    assert scheduler.backlogged(limit=6) == set()
+    handler.release(0)
+    await settle()
+    assert scheduler.backlogged(limit=1) == set()
+    await scheduler.close()
