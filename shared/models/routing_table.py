@@ -1,8 +1,9 @@
 """The routing table: task type -> ordered candidate models with their limits.
 
-Read by the router (which candidate a step gets), the executor (the litellm Router's deployments)
-and the CLI (`goalrail routes explain`). Validation errors name the task type, the candidate and
-the field, so a wrong table fails at start-up with a message a person can act on.
+Read by the router (which candidate a step gets), the executor (the litellm Router's deployments,
+the offline provider's time limits) and the CLI (`goalrail routes explain`). Validation errors
+name the task type, the candidate and the field, so a wrong table fails at start-up with a
+message a person can act on.
 """
 
 from __future__ import annotations
@@ -18,6 +19,16 @@ from shared.events import TaskType
 
 TASK_TYPES: tuple[str, ...] = get_args(TaskType)
 OFFLINE_PROVIDER = "goalrail"
+
+
+def provider_of(model: str) -> str:
+    """A litellm model string's provider; a bare model name is OpenAI's, as in litellm."""
+    return model.split("/", 1)[0] if "/" in model else "openai"
+
+
+def is_offline(model: str) -> bool:
+    """Served by the offline provider (deterministic local code), not by a real model."""
+    return provider_of(model) == OFFLINE_PROVIDER
 
 
 class Candidate(BaseModel):
@@ -45,11 +56,11 @@ class Candidate(BaseModel):
 
     @property
     def provider(self) -> str:
-        return self.model.split("/", 1)[0] if "/" in self.model else "openai"
+        return provider_of(self.model)
 
     @property
     def offline(self) -> bool:
-        return self.provider == OFFLINE_PROVIDER
+        return is_offline(self.model)
 
     def litellm_params(self, timeout_s: float | None = None) -> dict[str, Any]:
         """The deployment's `litellm_params` for litellm's Router."""

@@ -79,6 +79,16 @@ async def test_a_failing_model_falls_back_to_the_next_candidate(server, failure)
     assert result.usage.cost_usd > 0
 
 
+async def test_a_failing_real_model_falls_back_to_the_offline_provider_through_litellm(server):
+    server.script("down", [Status(500)])
+    table = make_table(server, candidate(server, "down"), {"model": "goalrail/offline-writer", "fallback_only": True})
+    data = {"figures": {"totals": {"revenue": 4_200_000}}}
+    result = await client(table).complete("openai/down", "summarise", "Summarise Q3", data, ["goalrail/offline-writer"])
+    offline = await client(table).complete("goalrail/offline-writer", "summarise", "Summarise Q3", data)
+    assert (result.model, result.text) == ("goalrail/offline-writer", offline.text)
+    assert result.usage.cost_usd == 0.0 and server.count("down") == 1
+
+
 async def test_a_slow_model_is_cut_at_its_max_latency_and_falls_back(server):
     server.script("slow", [Slow(3.0, "too late")]).script("quick", ["on time"])
     table = make_table(server, candidate(server, "slow", max_latency_s=0.5), candidate(server, "quick"))

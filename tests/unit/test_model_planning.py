@@ -1,5 +1,6 @@
-"""The planner's handlers with the model path on (the offline planner through litellm): goals no
-playbook covers, playbooks adapted by the model, replanning, deadlines and budgets."""
+"""The planner's handlers with the model path on (the offline planner through the model
+client): goals no playbook covers, playbooks adapted by the model, replanning, deadlines and
+budgets."""
 
 from __future__ import annotations
 

@@ -166,7 +166,7 @@ def test_replanning_goes_on_without_a_failed_read_and_refuses_to_work_around_a_f
     assert "a person should decide" in failed_write["cannot_plan"]
 
 
-async def test_the_offline_model_plans_through_litellm_and_the_model_planner():
+async def test_the_offline_model_plans_through_the_model_client_and_the_model_planner():
     planner = ModelPlanner(models=ModelClient(trace.get_tracer("test")), model="goalrail/offline-planner",
                            tools=SPECS, policy=POLICY)
     goal = GoalSpec(text="Publish a report of Q2 sales figures", requester="cfo")
