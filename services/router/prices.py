@@ -1,5 +1,6 @@
 """Model prices from litellm's bundled cost map, read as data: the router prices candidates
-without importing litellm (seconds of start-up) — the same figures litellm charges with."""
+without importing litellm (seconds of start-up and some 200 MB) — the same figures litellm
+charges with, as litellm itself reads them with LITELLM_LOCAL_MODEL_COST_MAP=True."""
 
 from __future__ import annotations
 
@@ -14,15 +15,40 @@ from services.router.routing import Candidate, Price, table_price
 COST_MAP = "model_prices_and_context_window_backup.json"
 
 
-@functools.cache
-def _cost_map() -> dict[str, Any]:
+def cost_map_path() -> Path | None:
+    """Where the installed litellm keeps its cost map; None without litellm. find_spec of a
+    top-level package locates it without executing it."""
     spec = importlib.util.find_spec("litellm")
-    if spec is None or spec.origin is None:
+    for folder in (spec.submodule_search_locations or []) if spec else []:
+        path = Path(folder) / COST_MAP
+        if path.is_file():
+            return path
+    return None
+
+
+@functools.cache
+def _prices() -> dict[str, Price]:
+    """Model string -> per-token prices, read once, on the first price asked for. Only the
+    prices are kept: the whole map is megabytes of JSON."""
+    path = cost_map_path()
+    if path is None:
         return {}
     try:
-        return json.loads((Path(spec.origin).parent / COST_MAP).read_text())
+        cost_map = json.loads(path.read_text())
     except (OSError, ValueError):
         return {}
+    prices = {model: _price(entry) for model, entry in cost_map.items()}
+    return {model: price for model, price in prices.items() if price is not None}
+
+
+def _price(entry: Any) -> Price | None:
+    """An entry's prices; None for entries that price by something else (images, seconds…)."""
+    if not isinstance(entry, dict) or "input_cost_per_token" not in entry:
+        return None
+    try:
+        return float(entry["input_cost_per_token"]), float(entry.get("output_cost_per_token", 0.0))
+    except (TypeError, ValueError):
+        return None
 
 
 def litellm_price(candidate: Candidate) -> Price | None:
@@ -31,9 +57,8 @@ def litellm_price(candidate: Candidate) -> Price | None:
     known = table_price(candidate)
     if known is not None:
         return known
-    cost_map = _cost_map()
+    prices = _prices()
     for key in (candidate.model, candidate.model.split("/", 1)[-1]):
-        entry = cost_map.get(key)
-        if isinstance(entry, dict) and "input_cost_per_token" in entry:
-            return float(entry["input_cost_per_token"]), float(entry.get("output_cost_per_token", 0.0))
+        if key in prices:
+            return prices[key]
     return None
