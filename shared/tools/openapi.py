@@ -17,7 +17,6 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote, urljoin
 
-import httpx
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
@@ -73,6 +72,8 @@ class OpenAPISource(BaseModel):
 def load_document(location: str, base_dir: Path | None = None, timeout_s: float = 10.0) -> dict[str, Any]:
     """An OpenAPI document from a URL or a file, JSON or YAML."""
     if location.startswith(("http://", "https://")):
+        import httpx  # only for a document at a URL: the default ones are files
+
         response = httpx.get(location, timeout=timeout_s, follow_redirects=True)
         response.raise_for_status()
         text = response.text

@@ -19,14 +19,16 @@ import time
 import typing
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import httpx
 import jsonschema
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, create_model
 
 from shared.events import ErrorCode, TypedError
 from shared.tools.secrets import redact
+
+if TYPE_CHECKING:
+    import httpx
 
 SideEffect = Literal["read", "write", "irreversible"]
 TOOL_NAME = r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*$"
@@ -232,6 +234,8 @@ class ToolRegistry:
             raise ToolError(redact(exc.error, self._secrets)) from None
 
     async def _call(self, name: str, arguments: dict[str, Any], ctx: ToolContext) -> Any:
+        import httpx  # here, not at the top: only the executor calls tools, the others need no httpx
+
         entry = self.get(name)
         spec = entry.spec
         validate(arguments, spec.input_schema, ErrorCode.INVALID_INPUT, name)
