@@ -1,16 +1,23 @@
 """One async collection API over MongoDB (pymongo's AsyncMongoClient) and the embedded store.
 
-Repositories are written once against `pymongo.asynchronous` collection semantics. The embedded
-default is litemongo (mongomock over one SQLite file per collection): several processes can open
-the same folder and see each other's writes, and data survives a service restart. It is
-synchronous, so its calls run on one worker thread per process, which also keeps SQLite's
-connections on the thread that made them.
+Repositories are written once against `pymongo.asynchronous` collection semantics and run on:
+
+- `mongodb://…`: MongoDB itself;
+- `embedded://PATH` (the default): shared.docstore, one SQLite file per database in the folder
+  PATH, with real indexes; the four services open the same folder as separate processes, see
+  each other's writes, and the data survives restarts and kill -9;
+- `memory://[NAME]`: the same docstore on in-memory SQLite, for unit tests: one process, shared
+  by everything opening the same URL until `reset_memory_stores()`.
+
+The docstore is synchronous: its calls run on one worker thread per process, so the event loop
+never waits for SQLite (nor for another process holding its write lock).
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Protocol
@@ -18,23 +25,33 @@ from typing import Any, Protocol
 from pymongo import ReturnDocument
 from pymongo.errors import DuplicateKeyError
 
+from shared import docstore
+
 __all__ = [
     "Collection",
     "Database",
     "DuplicateKeyError",
     "ReturnDocument",
+    "embedded_database",
     "open_database",
+    "reset_memory_stores",
 ]
 
 
 class Collection(Protocol):
     async def insert_one(self, document: dict[str, Any]) -> Any: ...
+    async def insert_many(self, documents: list[dict[str, Any]], **kwargs: Any) -> Any: ...
     async def find_one(self, filter: dict[str, Any], *args: Any, **kwargs: Any) -> dict | None: ...
     async def find_one_and_update(self, filter: dict, update: dict, **kwargs: Any) -> dict | None: ...
     async def update_one(self, filter: dict, update: dict, **kwargs: Any) -> Any: ...
+    async def update_many(self, filter: dict, update: dict, **kwargs: Any) -> Any: ...
     async def replace_one(self, filter: dict, replacement: dict, **kwargs: Any) -> Any: ...
+    async def delete_one(self, filter: dict, **kwargs: Any) -> Any: ...
+    async def delete_many(self, filter: dict, **kwargs: Any) -> Any: ...
     async def count_documents(self, filter: dict, **kwargs: Any) -> int: ...
+    async def distinct(self, key: str, filter: dict | None = None, **kwargs: Any) -> list[Any]: ...
     async def create_index(self, keys: Any, **kwargs: Any) -> str: ...
+    async def index_information(self) -> dict[str, Any]: ...
     def find(self, filter: dict | None = None, *args: Any, **kwargs: Any) -> Any: ...
 
 
@@ -56,7 +73,7 @@ class _ThreadCursor:
 
 
 class _ThreadCollection:
-    """Async facade over a synchronous pymongo-compatible collection."""
+    """Async facade over a synchronous docstore collection."""
 
     _ASYNC_METHODS = {
         "insert_one",
@@ -66,10 +83,12 @@ class _ThreadCollection:
         "update_one",
         "update_many",
         "replace_one",
+        "delete_one",
         "delete_many",
         "count_documents",
         "create_index",
         "distinct",
+        "index_information",
     }
 
     def __init__(self, collection: Any, executor: ThreadPoolExecutor) -> None:
@@ -104,18 +123,21 @@ def _store_executor() -> ThreadPoolExecutor:
     return ThreadPoolExecutor(max_workers=1, thread_name_prefix="goalrail-store")
 
 
-@functools.cache
-def _embedded_client(url: str) -> Any:
-    if url.startswith("memory://"):
-        import mongomock
+_embedded_clients: dict[str, docstore.Client] = {}
+_embedded_clients_lock = threading.Lock()
 
-        return mongomock.MongoClient()
-    import litemongo
 
-    path = Path(url.removeprefix("embedded://")).expanduser().resolve()
-    path.mkdir(parents=True, exist_ok=True)
-    # The client's constructor touches SQLite: make it on the store thread like every later call.
-    return _store_executor().submit(litemongo.connect, str(path)).result()
+def _embedded_client(url: str) -> docstore.Client:
+    # Opening costs nothing: SQLite is first touched by a call, on the store thread.
+    with _embedded_clients_lock:
+        if url not in _embedded_clients:
+            if url.startswith("memory://"):
+                _embedded_clients[url] = docstore.Client()
+            else:
+                path = Path(url.removeprefix("embedded://")).expanduser().resolve()
+                path.mkdir(parents=True, exist_ok=True)
+                _embedded_clients[url] = docstore.Client(path)
+        return _embedded_clients[url]
 
 
 @functools.cache
@@ -134,9 +156,18 @@ def open_database(url: str, name: str) -> Database:
     """The database `name` at `url` (mongodb://…, embedded://PATH or memory://)."""
     if url.startswith(("mongodb://", "mongodb+srv://")):
         return _mongo_client(url)[name]
-    return _ThreadDatabase(_embedded_client(url)[name], _store_executor())
+    return _ThreadDatabase(embedded_database(url, name), _store_executor())
+
+
+def embedded_database(url: str, name: str) -> docstore.Database:
+    """The synchronous docstore database behind an embedded:// or memory:// URL (tests, tools)."""
+    if not url.startswith(("embedded://", "memory://")):
+        raise ValueError(f"not an embedded store URL: {url}")
+    return _embedded_client(url)[name]
 
 
 def reset_memory_stores() -> None:
     """Forget in-process memory:// stores (tests)."""
-    _embedded_client.cache_clear()
+    with _embedded_clients_lock:
+        for url in [u for u in _embedded_clients if u.startswith("memory://")]:
+            del _embedded_clients[url]
