@@ -26,6 +26,8 @@ class AuditStore:
     async def init(self) -> None:
         await self._records.create_index([("goal_id", ASCENDING), ("seq", ASCENDING)], unique=True)
         await self._flags.create_index([("goal_id", ASCENDING), ("time", ASCENDING)])
+        # all_records() of a few event types (the approvals view) reads those records only
+        await self._records.create_index("event_type")
 
     async def add_flags(self, flags: Iterable[PolicyFlag]) -> None:
         """Store flags once each (`_id` = flag id: a redelivered event adds nothing)."""

@@ -60,6 +60,10 @@ class PlanStore:
     async def init(self) -> None:
         await self._goals.create_index("status")
         await self._goals.create_index("expires_at")
+        # the sweep's two questions, each answered by one index: overdue running goals, and
+        # goals whose events are stored but unpublished
+        await self._goals.create_index([("status", 1), ("expires_at", 1)])
+        await self._goals.create_index("has_unpublished")
 
     async def overdue(self, now: float, limit: int = 100) -> list[GoalRecord]:
         """Running goals past their deadline or time budget, and goals whose expiry events are
