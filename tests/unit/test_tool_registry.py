@@ -378,7 +378,7 @@ def test_cli_tools_list_show_call():
     assert listed.exit_code == 0, listed.output
     assert "reports.publish" in {t["name"] for t in json.loads(listed.output)}
     sandbox = runner.invoke(app, ["tools", "list", "--json", "--tenant", "sandbox"])
-    assert [t["name"] for t in json.loads(sandbox.output)] == ["noop.echo"]
+    assert [t["name"] for t in json.loads(sandbox.output)] == ["noop.echo", "noop.sleep"]  # the noop scope only
     shown = runner.invoke(app, ["tools", "show", "sales.get_figures"])
     assert json.loads(shown.output)["input_schema"]["required"] == ["quarter", "year"]
     missing = runner.invoke(app, ["tools", "show", "sales.nothing"])
