@@ -42,6 +42,6 @@ def create_app(settings: Settings) -> FastStream:
 
     async def init() -> None:
         await executions.create_index("goal_id")
-        await models.warm_up()  # pay litellm's import before the first step, not during it
+        await models.warm_up()  # a real model in the table: pay litellm's import before the first step
 
     return runtime.app([Topic.STEPS_DISPATCHED], partial(handle, deps=deps), on_startup=[init])

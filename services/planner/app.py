@@ -69,7 +69,7 @@ def create_app(settings: Settings) -> FastStream:
 
     async def init() -> None:
         await store.init()
-        await models.warm_up()  # pay litellm's import at start, not in the first model-planned goal
+        await models.warm_up()  # a real model in the table: pay litellm's import at start, not in a goal
         sweeps.add(asyncio.get_running_loop().create_task(sweep(), name="planner-sweep"))
 
     topics = [Topic.GOALS_SUBMITTED, Topic.STEPS_RESULTS, Topic.APPROVALS_DECIDED]  # operators' retry/cancel

@@ -1,6 +1,5 @@
 """Executor domain: tool registry validation and error mapping, the built-in catalogue against the
-demo business API (in process), idempotent execution per key, and model tasks through litellm's
-offline provider."""
+demo business API (in process), idempotent execution per key, and model tasks on the offline provider."""
 
 from __future__ import annotations
 
@@ -354,10 +353,10 @@ async def test_stored_failures_are_replayed_too(spans):
     assert await handle(event, deps) == first and first[0].error.code is ErrorCode.INVALID_INPUT
 
 
-# --- the offline provider through litellm --------------------------------------------------
+# --- the offline provider -------------------------------------------------------------------
 
 
-async def test_model_task_through_litellm_offline_provider(spans):
+async def test_model_task_on_the_offline_provider(spans):
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(spans))
     client = ModelClient(provider.get_tracer("test"))
