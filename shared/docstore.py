@@ -87,8 +87,8 @@ class Database:
     def __init__(self, name: str, path: Path | None) -> None:
         self.name = name
         self.path = path
+        # documents decoded to answer queries, by collection: what the queries cost (tests)
         self.documents_examined: Counter[str] = Counter()
-        """Documents decoded to answer queries, by collection: what a query cost (tests)."""
         self._lock = threading.RLock()
         self._connection: sqlite3.Connection | None = None
         self._schema_version: int | None = None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 import textwrap
@@ -9,18 +10,17 @@ import uuid
 
 import pytest
 
-from shared.store import DuplicateKeyError, ReturnDocument, open_database
+from services.planner.store import GoalRecord, PlanStore
+from shared.events import GoalSpec
+from shared.store import DuplicateKeyError, ReturnDocument, open_database, reset_memory_stores
+from tests.factories import NOW
+from tests.integration.test_repository_contract import database  # noqa: F401 — the fixture
 
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture(params=["memory", "embedded"])
-def store_url(request, tmp_path):
-    return "memory://" if request.param == "memory" else f"embedded://{tmp_path / 'store'}"
-
-
-async def test_unique_index_and_conditional_update(store_url):
-    collection = open_database(store_url, f"t_{uuid.uuid4().hex[:8]}")["items"]
+async def test_unique_index_and_conditional_update(database):  # noqa: F811
+    collection = database["items"]
     await collection.create_index("key", unique=True)
     await collection.insert_one({"_id": "a", "key": "k1", "version": 0})
     with pytest.raises(DuplicateKeyError):
@@ -51,8 +51,6 @@ def test_embedded_store_is_shared_by_processes_and_survives_them(tmp_path):
     )
     subprocess.run([sys.executable, "-c", writer], check=True, timeout=60)
 
-    import asyncio
-
     async def read_then_conflict():
         goals = open_database(url, "goalrail_planner")["goals"]
         document = await goals.find_one({"_id": "g1"})
@@ -62,3 +60,73 @@ def test_embedded_store_is_shared_by_processes_and_survives_them(tmp_path):
 
     document = asyncio.run(read_then_conflict())
     assert document == {"_id": "g1", "goal_id": "g1", "status": "running"}
+
+
+def test_the_services_databases_are_separate_files_in_one_folder(tmp_path):
+    url = f"embedded://{tmp_path / 'store'}"
+
+    async def write() -> None:
+        for name in ("goalrail_planner", "goalrail_auditor"):
+            await open_database(url, name)["items"].insert_one({"_id": name})
+
+    asyncio.run(write())
+    assert sorted(p.name for p in (tmp_path / "store").glob("*.sqlite3")) == [
+        "goalrail_auditor.sqlite3", "goalrail_planner.sqlite3"]
+
+
+def test_reset_forgets_memory_stores_only(tmp_path):
+    embedded = f"embedded://{tmp_path / 'store'}"
+
+    async def put(url: str) -> None:
+        await open_database(url, "db")["items"].insert_one({"_id": 1})
+
+    async def count(url: str) -> int:
+        return await open_database(url, "db")["items"].count_documents({})
+
+    memory = f"memory://{uuid.uuid4().hex}"
+    asyncio.run(put(memory))
+    asyncio.run(put(embedded))
+    assert asyncio.run(count(memory)) == 1  # kept across event loops (tests run one per test)
+    reset_memory_stores()
+    assert asyncio.run(count(memory)) == 0
+    assert asyncio.run(count(embedded)) == 1
+
+
+def test_two_processes_saving_one_goal_version_conflict_instead_of_overwriting(tmp_path):
+    """The planner's optimistic save (replace_one on _id and version) across processes: of two
+    writers that read the same version, exactly one wins."""
+    url = f"embedded://{tmp_path / 'store'}"
+    saver = textwrap.dedent(
+        f"""
+        import asyncio, sys, time
+        from pathlib import Path
+        from services.planner.store import PlanStore
+        from shared.store import open_database
+        async def main():
+            store = PlanStore(open_database({url!r}, "goalrail_planner"))
+            record = await store.get("g1")
+            (Path({str(tmp_path)!r}) / ("read-" + sys.argv[1])).touch()
+            while len(list(Path({str(tmp_path)!r}).glob("read-*"))) < 2:  # both read version 0
+                time.sleep(0.005)
+            record.status = "completed-by-" + sys.argv[1]
+            print(await store.save(record))
+        asyncio.run(main())
+        """
+    )
+    async def create() -> None:
+        store = PlanStore(open_database(url, "goalrail_planner"))
+        await store.init()
+        await store.create(GoalRecord(goal_id="g1", tenant="acme", submitted_at=NOW,
+                                      goal=GoalSpec(text="Prepare the report", requester="cfo")))
+
+    asyncio.run(create())
+    savers = [subprocess.Popen([sys.executable, "-c", saver, name], stdout=subprocess.PIPE, text=True)
+              for name in ("a", "b")]
+    results = [p.communicate(timeout=60)[0].strip() for p in savers]
+    assert sorted(results) == ["False", "True"]
+
+    async def read() -> GoalRecord:
+        return await PlanStore(open_database(url, "goalrail_planner")).get("g1")
+
+    saved = asyncio.run(read())
+    assert saved.version == 1 and saved.status == f"completed-by-{'ab'[results.index('True')]}"
