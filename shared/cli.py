@@ -166,24 +166,51 @@ def service_run(
 
 @app.command()
 def bench(
-    goals: Annotated[int, typer.Option(min=1, help="Goals to run.")] = 50,
-    concurrency: Annotated[int, typer.Option(min=1, help="Goals in flight at once.")] = 8,
-    workdir: Annotated[Path, typer.Option(help="Where the embedded store and logs go.")] = Path(".goalrail/bench"),
+    goals_at_1: Annotated[
+        int, typer.Option(min=0, help="Fast path: goals of the 5 no-op steps run one at a time (0 = skip).")
+    ] = 50,
+    goals_at_8: Annotated[
+        int, typer.Option(min=0, help="Fast path: goals run 8 in flight (0 = skip); also the growth's empty-store figures.")
+    ] = 200,
+    goals_at_64: Annotated[int, typer.Option(min=0, help="Fast path: goals run 64 in flight (0 = skip).")] = 500,
+    slow_goals: Annotated[
+        int, typer.Option(min=0, max=1024, help="Slow steps: goals of 5 noop.sleep steps submitted at once (0 = skip).")
+    ] = 64,
+    step_ms: Annotated[int, typer.Option(min=1, max=60_000, help="Slow steps: how long each step sleeps, in ms.")] = 500,
+    preload: Annotated[
+        int,
+        typer.Option(min=0, help="Growth: finished goals written straight into every service's store before the "
+                     "fast path runs again at 8 in flight (0 = skip)."),
+    ] = 10_000,
+    growth_goals: Annotated[int, typer.Option(min=1, help="Growth: goals run 8 in flight after the preload.")] = 200,
+    check: Annotated[
+        bool, typer.Option("--check", help="Exit 1 when a target is missed (by default only a broken run exits 1).")
+    ] = False,
+    workdir: Annotated[Path, typer.Option(help="Where the embedded store and logs go (emptied first).")] = Path(
+        ".goalrail/bench"
+    ),
     floor_hops: Annotated[
         Optional[int], typer.Option(min=1, help="Kafka hops per floor message (default: derived from the steps).")
     ] = None,
 ) -> None:
-    """Benchmark a 5-step playbook through the embedded stack against a raw-Kafka floor."""
-    from shared.embedded.bench import run_bench
+    """Benchmark the embedded stack in one run: the fast path (5 no-op steps) at 1, 8 and 64 goals
+    in flight beside a raw-aiokafka floor at the same concurrency, slow steps submitted at once,
+    the cost of an event with a preloaded store, and each process's peak memory. Prints PASS or
+    FAIL per target; exits 1 when a goal failed or timed out (or, with --check, a target was
+    missed)."""
+    from shared.embedded.bench import BenchPlan, run_bench
+    from shared.embedded.bench_targets import check_targets, exit_code, targets_table
 
     os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
-    report = asyncio.run(
-        run_bench(
-            goals=goals, concurrency=concurrency, progress=console.print, workdir=workdir, floor_hops=floor_hops
-        )
+    plan = BenchPlan(
+        fast_goals={1: goals_at_1, 8: goals_at_8, 64: goals_at_64}, slow_goals=slow_goals, step_ms=step_ms,
+        preload=preload, growth_goals=growth_goals, floor_hops=floor_hops, workdir=workdir,
     )
+    report = asyncio.run(run_bench(plan, progress=console.print))
+    results = check_targets(report)
     console.print(report.render())
-    raise typer.Exit(1 if report.failures else 0)
+    console.print(targets_table(results))
+    raise typer.Exit(exit_code(report, results, check))
 
 
 from shared.cli_audit import audit_app, kpis  # noqa: E402

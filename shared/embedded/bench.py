@@ -1,186 +1,99 @@
-"""`goalrail bench`: N goals of the five-step benchmark chain through the embedded stack, and the
-same number of Kafka hops relayed with plain aiokafka on the same broker as the floor.
+"""`goalrail bench`: the embedded stack measured in one run, phase by phase.
 
-The chain does no work (no-op tools, the offline model), so what it measures is Goalrail itself:
-validation, stores, routing, the audit chain and the Kafka hops between the four services. The
-floor shows how much of that the hops alone cost on this broker.
+- fast path: goals of the five no-op steps (no-op tools, the offline model) at 1, 8 and 64 in
+  flight, each beside the floor: as many messages relayed through the same number of Kafka hops
+  with plain aiokafka on the same broker at the same concurrency. The chain does no work, so this
+  measures Goalrail itself: validation, stores, routing, the audit chain and the hops;
+- slow steps: goals of five noop.sleep steps, all submitted at once: do waiting goals overlap?
+- growth: the fast path at 8 in flight again after finished goals were written straight into
+  every service's store: does an event cost more when the store is full?
+- the peak RSS of every process after all phases.
+
+The arithmetic and the tables are pure (bench_stats, bench_report, bench_targets); this module
+only runs things.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import math
 import time
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.structs import ConsumerRecord
-from rich.console import Group, RenderableType
-from rich.table import Table
 
+from services.planner.planning import load_playbooks
 from shared.bus import ensure_topics
 from shared.client import EventStream, GoalrailClient
+from shared.embedded.bench_goals import (
+    FAST_CHAIN_PLAYBOOK,
+    FAST_CHAIN_TEXT,
+    REQUESTER,
+    SLOW_CHAIN_PLAYBOOK,
+    SLOW_CHAIN_TEXT,
+    TENANT,
+    goal_text,
+    slow_goal_input,
+)
+from shared.embedded.bench_preload import preload
+from shared.embedded.bench_report import BenchReport, FastPathPhase, GrowthPhase, SlowStepsPhase, goal_count
+from shared.embedded.bench_stats import RunStats, Sample, kafka_hops, overheads, run_stats, steps_of
 from shared.embedded.stack import EmbeddedStack, fresh_workdir
 from shared.events import GoalCompleted, StepSucceeded, Topic
+from shared.settings import Settings
+from shared.store import embedded_store_url
 
 Progress = Callable[[str], object]
 
-GOAL_TEXT = "Run the benchmark chain"  # "benchmark" + "chain" selects playbooks/benchmark_chain.yaml
 FLOOR_TOPIC = "bench.floor"
 FETCH_MAX_WAIT_MS = 20  # as the services: Tansu answers a fetch only when this wait expires
 GOAL_TIMEOUT_S = 60.0
-PROGRESS_EVERY = 10
+PROGRESS_EVERY = 10  # goals, at least; about ten lines per phase
 STEP_RESULTS_GRACE_S = 5.0
+GROWTH_CONCURRENCY = 8
+MAX_TOOL_SLOTS = 1024  # the settings' upper bound
 
 
-# --- statistics (pure) ------------------------------------------------------------------------
-
-
-def percentile(values: Sequence[float], q: float) -> float:
-    """The q-th percentile (0–100), interpolating linearly between the two nearest ranks."""
-    if not values:
-        raise ValueError("percentile of no values")
-    ordered = sorted(values)
-    rank = (len(ordered) - 1) * q / 100
-    low, high = math.floor(rank), math.ceil(rank)
-    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
-
-
-def overhead_per_step_ms(e2e_ms: float, step_durations_ms: Iterable[float], steps: int) -> float:
-    """What Goalrail adds per step: the goal's end-to-end time minus the time its steps worked."""
-    return (e2e_ms - sum(step_durations_ms)) / steps
-
-
-def kafka_hops(steps: int) -> int:
-    """Produce→consume hops on the critical path of one goal whose steps run one after another:
-    client → planner (goals.submitted), then per step planner → router (steps.ready),
-    router → executor (steps.dispatched), executor → planner (steps.results), then
-    planner → auditor (plans.events PlanFinished) and auditor → client (goals.outcomes).
-    PlanCreated is published in parallel with the first StepReady, so it adds no hop."""
-    return 1 + 3 * steps + 2
+# --- what a run measures ----------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
-class RunStats:
-    """One measured run: the latency of each goal that finished, and the wall time of the run."""
+class BenchPlan:
+    """The phases of one run; a goal count of 0 skips its phase."""
 
-    latencies_ms: tuple[float, ...]
-    wall_s: float
-    failures: int = 0
-
-    @property
-    def completed(self) -> int:
-        return len(self.latencies_ms)
-
-    @property
-    def goals_per_s(self) -> float:
-        return self.completed / self.wall_s if self.wall_s > 0 else 0.0
+    fast_goals: Mapping[int, int] = field(default_factory=lambda: {1: 50, 8: 200, 64: 500})  # in flight → goals
+    slow_goals: int = 64
+    step_ms: int = 500
+    preload: int = 10_000
+    growth_goals: int = 200
+    floor_hops: int | None = None  # default: derived from the chain's steps
+    workdir: Path = Path(".goalrail/bench")
 
     @property
-    def p50_ms(self) -> float | None:
-        return percentile(self.latencies_ms, 50) if self.latencies_ms else None
-
-    @property
-    def p99_ms(self) -> float | None:
-        return percentile(self.latencies_ms, 99) if self.latencies_ms else None
-
-
-@dataclass(frozen=True)
-class BenchReport:
-    goals: int
-    concurrency: int
-    steps: int
-    hops: int
-    goalrail: RunStats
-    floor: RunStats
-    overhead_per_step_ms: tuple[float, ...]
-    peak_rss_mb: dict[str, float] = field(default_factory=dict)
-
-    @property
-    def failures(self) -> int:
-        return self.goalrail.failures + self.floor.failures
-
-    @property
-    def latency_ratio(self) -> float | None:
-        """Goalrail p50 / floor p50: how many times slower than the bare hops."""
-        return _ratio(self.goalrail.p50_ms, self.floor.p50_ms)
-
-    @property
-    def throughput_ratio(self) -> float | None:
-        """Goalrail goals/s / floor goals/s: the share of the bare hops' throughput kept."""
-        return _ratio(self.goalrail.goals_per_s, self.floor.goals_per_s)
-
-    @property
-    def overhead_p50_ms(self) -> float | None:
-        return percentile(self.overhead_per_step_ms, 50) if self.overhead_per_step_ms else None
-
-    @property
-    def overhead_p99_ms(self) -> float | None:
-        return percentile(self.overhead_per_step_ms, 99) if self.overhead_per_step_ms else None
-
-    def render(self) -> RenderableType:
-        return Group(self._results_table(), self._memory_table()) if self.peak_rss_mb else self._results_table()
-
-    def _results_table(self) -> Table:
-        table = Table(
-            title=f"goalrail bench: {self.goals} goals × {self.steps} steps, concurrency {self.concurrency}",
-            caption=f"floor: the same {self.hops} hops per goal, raw aiokafka, same broker\n"
-            "overhead per step: (end-to-end − Σ step duration_ms) / steps",
-        )
-        table.add_column("")
-        table.add_column("Goalrail", justify="right")
-        table.add_column("raw Kafka floor", justify="right")
-        table.add_column("Goalrail / floor", justify="right")
-        rail, floor = self.goalrail, self.floor
-        table.add_row("goals completed", str(rail.completed), str(floor.completed), "")
-        table.add_row("goals failed/timed out", str(rail.failures), str(floor.failures), "")
-        table.add_row("goals/s", f"{rail.goals_per_s:.1f}", f"{floor.goals_per_s:.1f}", _times(self.throughput_ratio))
-        table.add_row("end-to-end latency p50", _ms(rail.p50_ms), _ms(floor.p50_ms), _times(self.latency_ratio))
-        table.add_row(
-            "end-to-end latency p99", _ms(rail.p99_ms), _ms(floor.p99_ms), _times(_ratio(rail.p99_ms, floor.p99_ms))
-        )
-        table.add_row("latency per hop p50", _ms(_per(rail.p50_ms, self.hops)), _ms(_per(floor.p50_ms, self.hops)), "")
-        table.add_row("overhead per step p50", _ms(self.overhead_p50_ms), "", "")
-        table.add_row("overhead per step p99", _ms(self.overhead_p99_ms), "", "")
-        return table
-
-    def _memory_table(self) -> Table:
-        table = Table(title="peak RSS per process (VmHWM)")
-        table.add_column("process")
-        table.add_column("peak RSS", justify="right")
-        for name, megabytes in self.peak_rss_mb.items():
-            table.add_row(name, f"{megabytes:.0f} MB")
-        return table
+    def tool_slots(self) -> int:
+        """Tool calls the executor must allow at once so the limiter never queues a benchmark
+        step: one per slow goal, one per fast goal in flight."""
+        default = Settings.model_fields["tool_concurrency"].default
+        return min(MAX_TOOL_SLOTS, max(default, self.slow_goals, *self.fast_goals, GROWTH_CONCURRENCY))
 
 
-def _ratio(numerator: float | None, denominator: float | None) -> float | None:
-    return numerator / denominator if numerator is not None and denominator else None
-
-
-def _per(value: float | None, count: int) -> float | None:
-    return value / count if value is not None else None
-
-
-def _ms(value: float | None) -> str:
-    return "—" if value is None else f"{value:.1f} ms"
-
-
-def _times(value: float | None) -> str:
-    return "—" if value is None else f"{value:.2f}×"
+def stack_env(tool_slots: int) -> dict[str, str]:
+    """Settings for the bench's services: `tool_slots` tool calls at once, of one tool too (all
+    slow steps call noop.sleep), and at least as many events in flight per service."""
+    in_flight = max(Settings.model_fields["max_in_flight"].default, tool_slots)
+    return {
+        "GOALRAIL_TOOL_CONCURRENCY": str(tool_slots),
+        "GOALRAIL_TOOL_CONCURRENCY_PER_TOOL": str(tool_slots),
+        "GOALRAIL_MAX_IN_FLIGHT": str(in_flight),
+    }
 
 
 # --- running goals with bounded concurrency ---------------------------------------------------
-
-
-class Sample(NamedTuple):
-    goal_id: str
-    latency_ms: float | None  # None: failed or timed out
-    steps: int = 0
 
 
 async def run_bounded(
@@ -188,6 +101,7 @@ async def run_bounded(
 ) -> tuple[list[Sample], float]:
     """Run goals 0..goals-1 with at most `concurrency` in flight; the samples and the wall time."""
     semaphore = asyncio.Semaphore(concurrency)
+    every = max(PROGRESS_EVERY, goals // 10)
     done = 0
 
     async def bounded(index: int) -> Sample:
@@ -195,7 +109,7 @@ async def run_bounded(
         async with semaphore:
             sample = await run_one(index)
         done += 1
-        if done % PROGRESS_EVERY == 0 or done == goals:
+        if done % every == 0 or done == goals:
             progress(f"  {label}: {done}/{goals} goals done")
         return sample
 
@@ -204,30 +118,18 @@ async def run_bounded(
     return list(samples), time.perf_counter() - started
 
 
-def run_stats(samples: Iterable[Sample], wall_s: float) -> RunStats:
-    samples = list(samples)
-    latencies = tuple(s.latency_ms for s in samples if s.latency_ms is not None)
-    return RunStats(latencies, wall_s, failures=len(samples) - len(latencies))
-
-
-def overheads(samples: Iterable[Sample], durations: dict[str, dict[str, float]]) -> tuple[float, ...]:
-    """Overhead per step of every completed goal whose step results were all seen."""
-    return tuple(
-        overhead_per_step_ms(s.latency_ms, durations[s.goal_id].values(), s.steps)
-        for s in samples
-        if s.latency_ms is not None and s.steps and len(durations.get(s.goal_id, {})) >= s.steps
-    )
-
-
 # --- Goalrail ---------------------------------------------------------------------------------
 
 
-async def goalrail_goal(client: GoalrailClient, goal_id: str) -> Sample:
-    """Submit one benchmark-chain goal and time it until its outcome arrives."""
+async def goalrail_goal(
+    client: GoalrailClient, goal_id: str, text: str = FAST_CHAIN_TEXT, goal_input: dict[str, Any] | None = None,
+    timeout: float = GOAL_TIMEOUT_S,
+) -> Sample:
+    """Submit one goal and time it until its outcome arrives."""
     started = time.perf_counter()
     try:
         outcome = await client.submit_and_wait(
-            f"{GOAL_TEXT} ({goal_id})", requester="bench", goal_id=goal_id, timeout=GOAL_TIMEOUT_S
+            goal_text(text, goal_id), requester=REQUESTER, goal_id=goal_id, input=goal_input, timeout=timeout
         )
     except TimeoutError:
         return Sample(goal_id, None)
@@ -270,27 +172,63 @@ class StepDurations:
         await self._stream.stop()
 
 
-async def measure_goalrail(
-    bootstrap: str, goals: int, concurrency: int, progress: Progress
-) -> tuple[RunStats, tuple[float, ...], int]:
-    """Goalrail's run stats, overhead per step of each goal, and the chain's step count."""
-    durations = StepDurations(bootstrap)
-    await durations.start()
-    try:
-        async with GoalrailClient(bootstrap, tenant="bench") as client:
-            await client.watch_outcomes()
-            # the first goal pays for consumer-group joins and lazy imports; it is not measured
-            warmup = await goalrail_goal(client, "bench-warmup")
-            if warmup.latency_ms is None:
-                raise RuntimeError("the warm-up goal did not complete: see the service logs")
-            progress(f"  warm-up goal done in {warmup.latency_ms:.0f} ms ({warmup.steps} steps)")
-            samples, wall_s = await run_bounded(
-                "goalrail", goals, concurrency, lambda i: goalrail_goal(client, f"bench-goal-{i:05d}"), progress
-            )
-        await durations.wait_for(samples, STEP_RESULTS_GRACE_S)
-        return run_stats(samples, wall_s), overheads(samples, durations.by_goal), warmup.steps
-    finally:
-        await durations.stop()
+class GoalrailRun:
+    """One client and one step-result listener for every phase of a run; counts the goals the
+    services have stored so far."""
+
+    def __init__(self, bootstrap: str, progress: Progress) -> None:
+        self.progress = progress
+        self.stored_goals = 0
+        self.steps = 0  # of the no-op chain, as its warm-up goal reported
+        self._client = GoalrailClient(bootstrap, tenant=TENANT)
+        self._durations = StepDurations(bootstrap)
+
+    async def __aenter__(self) -> GoalrailRun:
+        await self._durations.start()
+        try:
+            await self._client.start()
+            await self._client.watch_outcomes()
+        except BaseException:
+            await self.__aexit__()
+            raise
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        try:
+            await self._client.stop()
+        finally:
+            await self._durations.stop()
+
+    async def warm_up(self) -> None:
+        """The first goal pays for consumer-group joins and lazy imports; it is not measured."""
+        warmup = await goalrail_goal(self._client, "bench-warmup")
+        self.stored_goals += 1
+        if warmup.latency_ms is None:
+            raise RuntimeError("the warm-up goal did not complete: see the service logs")
+        self.steps = warmup.steps
+        self.progress(f"  warm-up goal done in {warmup.latency_ms:.0f} ms ({warmup.steps} steps)")
+
+    async def fast_path(self, goals: int, concurrency: int, label: str) -> tuple[RunStats, tuple[float, ...]]:
+        """The no-op chain's run stats and the overhead per step of each goal."""
+        samples, wall_s = await run_bounded(
+            "goalrail", goals, concurrency, lambda i: goalrail_goal(self._client, f"bench-{label}-{i:05d}"),
+            self.progress,
+        )
+        self.stored_goals += goals
+        await self._durations.wait_for(samples, STEP_RESULTS_GRACE_S)
+        return run_stats(samples, wall_s), overheads(samples, self._durations.by_goal)
+
+    async def slow_steps(self, goals: int, step_ms: int, steps: int) -> tuple[RunStats, int]:
+        """The slow chain's goals, all submitted at once; their run stats and step count."""
+        timeout = GOAL_TIMEOUT_S + 4 * steps * step_ms / 1000
+        samples, wall_s = await run_bounded(
+            "slow", goals, goals,
+            lambda i: goalrail_goal(self._client, f"bench-slow-{i:05d}", SLOW_CHAIN_TEXT, slow_goal_input(step_ms),
+                                    timeout),
+            self.progress,
+        )
+        self.stored_goals += goals
+        return run_stats(samples, wall_s), steps_of(samples) or steps
 
 
 # --- the raw-Kafka floor ----------------------------------------------------------------------
@@ -301,17 +239,21 @@ class KafkaFloor:
     with hop counter k < hops is re-produced as k + 1; consuming hop `hops` ends the goal. Each
     produce→consume is one hop, as between two Goalrail services, with the same fetch wait and
     acks=all. A fetched batch is forwarded concurrently: this is the floor, not a model of a
-    service, so nothing is serialised that Kafka does not serialise."""
+    service, so nothing is serialised that Kafka does not serialise.
 
-    def __init__(self, bootstrap: str, hops: int, partitions: int) -> None:
+    Each floor needs a topic of its own: its consumer reads from the earliest offset, so on a
+    used topic it would relay an earlier run's messages again."""
+
+    def __init__(self, bootstrap: str, hops: int, partitions: int, topic: str = FLOOR_TOPIC) -> None:
         self.bootstrap = bootstrap
         self.hops = hops
         self.partitions = partitions
+        self.topic = topic
         self._producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=False)
         # group-less and from the earliest offset of a topic created just now: nothing is missed
         # while the consumer positions itself
         self._consumer = AIOKafkaConsumer(
-            FLOOR_TOPIC,
+            topic,
             bootstrap_servers=bootstrap,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
@@ -321,7 +263,7 @@ class KafkaFloor:
         self._relay_task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        await ensure_topics(self.bootstrap, self.partitions, [FLOOR_TOPIC])
+        await ensure_topics(self.bootstrap, self.partitions, [self.topic])
         await self._producer.start()
         await self._consumer.start()
         self._relay_task = asyncio.create_task(self._relay())
@@ -342,7 +284,7 @@ class KafkaFloor:
         message = json.loads(record.value)
         if message["hop"] < self.hops:
             message["hop"] += 1
-            await self._producer.send_and_wait(FLOOR_TOPIC, json.dumps(message).encode(), key=record.key)
+            await self._producer.send_and_wait(self.topic, json.dumps(message).encode(), key=record.key)
             return
         arrival = self._arrivals.pop(message["goal_id"], None)
         if arrival and not arrival.done():
@@ -352,7 +294,7 @@ class KafkaFloor:
         arrival = self._arrivals[goal_id] = asyncio.get_running_loop().create_future()
         started = time.perf_counter()
         body = json.dumps({"goal_id": goal_id, "hop": 1, "payload": {"n": 1}}).encode()
-        await self._producer.send_and_wait(FLOOR_TOPIC, body, key=goal_id.encode())
+        await self._producer.send_and_wait(self.topic, body, key=goal_id.encode())
         try:
             await asyncio.wait_for(arrival, GOAL_TIMEOUT_S)
         except TimeoutError:
@@ -362,9 +304,10 @@ class KafkaFloor:
 
 
 async def measure_floor(
-    bootstrap: str, hops: int, partitions: int, goals: int, concurrency: int, progress: Progress
+    bootstrap: str, hops: int, partitions: int, goals: int, concurrency: int, progress: Progress,
+    topic: str = FLOOR_TOPIC,
 ) -> RunStats:
-    floor = KafkaFloor(bootstrap, hops, partitions)
+    floor = KafkaFloor(bootstrap, hops, partitions, topic)
     await floor.start()
     try:
         warmup = await floor.goal("floor-warmup")
@@ -400,30 +343,79 @@ def stack_peak_rss_mb(stack: EmbeddedStack) -> dict[str, float]:
     return {name: peak for name, peak in peaks.items() if peak is not None}
 
 
-# --- the whole benchmark ----------------------------------------------------------------------
+# --- the phases -------------------------------------------------------------------------------
 
 
-async def run_bench(
-    goals: int = 50,
-    concurrency: int = 8,
-    progress: Progress = print,
-    workdir: Path = Path(".goalrail/bench"),
-    floor_hops: int | None = None,
-) -> BenchReport:
-    """Start the embedded stack, run Goalrail then the floor on its broker, stop the stack."""
-    # noop.echo and the offline model need no business API
-    stack = EmbeddedStack(fresh_workdir(workdir), with_demo_api=False)
+@dataclass
+class Phases:
+    """The phases of one run against one running stack."""
+
+    plan: BenchPlan
+    stack: EmbeddedStack
+    run: GoalrailRun
+    progress: Progress
+
+    @property
+    def hops(self) -> int:
+        return self.plan.floor_hops or kafka_hops(self.run.steps)
+
+    async def fast_path(self, goals: int, concurrency: int, label: str) -> FastPathPhase:
+        stored = self.run.stored_goals
+        self.progress(f"fast path: {goals} goals, {concurrency} in flight, {goal_count(stored)} stored")
+        goalrail, overhead = await self.run.fast_path(goals, concurrency, label)
+        self.progress(f"floor: {goals} messages relayed through {self.hops} Kafka hops each, {concurrency} in flight")
+        floor = await measure_floor(self.stack.bootstrap, self.hops, self.stack.partitions, goals, concurrency,
+                                    self.progress, topic=f"{FLOOR_TOPIC}.{label}")
+        return FastPathPhase(goals, concurrency, self.run.steps, self.hops, goalrail, floor, overhead, stored)
+
+    async def slow_steps(self) -> SlowStepsPhase:
+        plan = self.plan
+        steps = len(load_playbooks(Settings().playbooks_dir)[SLOW_CHAIN_PLAYBOOK].steps)
+        self.progress(f"slow steps: {plan.slow_goals} goals × {steps} steps × {plan.step_ms} ms, all at once "
+                      f"(ideal {steps * plan.step_ms / 1000:.1f}s; {plan.tool_slots} tool calls allowed at once)")
+        stats, steps = await self.run.slow_steps(plan.slow_goals, plan.step_ms, steps)
+        return SlowStepsPhase(plan.slow_goals, steps, plan.step_ms, plan.tool_slots, stats)
+
+    async def growth(self, empty: FastPathPhase) -> GrowthPhase:
+        goals = self.plan.preload
+        self.progress(f"preload: {goals:,} finished goals straight into every service's store…")
+        playbook = load_playbooks(Settings().playbooks_dir)[FAST_CHAIN_PLAYBOOK]
+        preload_s = await preload(embedded_store_url(self.stack.workdir), goals, playbook, self.progress)
+        self.run.stored_goals += goals
+        preloaded = await self.fast_path(self.plan.growth_goals, empty.concurrency, f"c{empty.concurrency}-preloaded")
+        return GrowthPhase(goals, preload_s, empty, preloaded)
+
+
+async def run_phases(phases: Phases) -> BenchReport:
+    plan = phases.plan
+    fast = [await phases.fast_path(goals, concurrency, f"c{concurrency}")
+            for concurrency, goals in sorted(plan.fast_goals.items()) if goals]
+    report = BenchReport(fast=tuple(fast))
+    if plan.slow_goals:
+        report = replace(report, slow=await phases.slow_steps())
+    if plan.preload:
+        empty = report.fast_at(GROWTH_CONCURRENCY)
+        if empty is None:  # the growth needs its empty-store figures at the same concurrency
+            empty = await phases.fast_path(plan.growth_goals, GROWTH_CONCURRENCY, f"c{GROWTH_CONCURRENCY}")
+            report = replace(report, fast=(*report.fast, empty))
+        report = replace(report, growth=await phases.growth(empty))
+    return report
+
+
+async def run_bench(plan: BenchPlan = BenchPlan(), progress: Progress = print) -> BenchReport:
+    """Start the embedded stack, run every phase of `plan` on it, read the processes' peak
+    memory, stop the stack."""
+    # noop tools and the offline model need no business API
+    stack = EmbeddedStack(fresh_workdir(plan.workdir), with_demo_api=False, extra_env=stack_env(plan.tool_slots))
     try:
         progress("starting the embedded broker and the four services…")
         started = time.perf_counter()
         await stack.start()
-        progress(f"stack up in {time.perf_counter() - started:.1f}s on {stack.bootstrap} (logs in {workdir / 'logs'})")
-        progress(f"Goalrail: {goals} goals, {concurrency} in flight")
-        goalrail, overhead, steps = await measure_goalrail(stack.bootstrap, goals, concurrency, progress)
-        memory = stack_peak_rss_mb(stack)
-        hops = floor_hops or kafka_hops(steps)
-        progress(f"floor: {goals} messages relayed through {hops} Kafka hops each, {concurrency} in flight")
-        floor = await measure_floor(stack.bootstrap, hops, stack.partitions, goals, concurrency, progress)
+        progress(f"stack up in {time.perf_counter() - started:.1f}s on {stack.bootstrap} "
+                 f"(logs in {plan.workdir / 'logs'}; {plan.tool_slots} tool calls allowed at once)")
+        async with GoalrailRun(stack.bootstrap, progress) as run:
+            await run.warm_up()
+            report = await run_phases(Phases(plan, stack, run, progress))
+        return replace(report, peak_rss_mb=stack_peak_rss_mb(stack))
     finally:
         await stack.stop()
-    return BenchReport(goals, concurrency, steps, hops, goalrail, floor, overhead, memory)

@@ -1,4 +1,4 @@
-"""The benchmark's arithmetic and its report, on synthetic numbers (no broker)."""
+"""The benchmark's arithmetic and its fast-path report, on synthetic numbers (no broker)."""
 
 from __future__ import annotations
 
@@ -8,17 +8,18 @@ import io
 import pytest
 from rich.console import Console
 
-from shared.embedded.bench import (
-    BenchReport,
+from shared.embedded.bench import BenchPlan, peak_rss_mb, run_bounded, stack_env
+from shared.embedded.bench_report import BenchReport, FastPathPhase
+from shared.embedded.bench_stats import (
     RunStats,
     Sample,
     kafka_hops,
     overhead_per_step_ms,
     overheads,
-    peak_rss_mb,
     percentile,
-    run_bounded,
+    ratio,
     run_stats,
+    steps_of,
 )
 
 
@@ -28,7 +29,7 @@ def rendered(report: BenchReport) -> str:
     return console.export_text()
 
 
-def report(**changes) -> BenchReport:
+def phase(**changes) -> FastPathPhase:
     fields = dict(
         goals=4,
         concurrency=2,
@@ -37,9 +38,13 @@ def report(**changes) -> BenchReport:
         goalrail=RunStats(latencies_ms=(400.0, 500.0, 600.0), wall_s=2.0, failures=1),
         floor=RunStats(latencies_ms=(180.0, 200.0, 220.0, 240.0), wall_s=0.5),
         overhead_per_step_ms=(70.0, 80.0, 90.0),
-        peak_rss_mb={"planner": 71.4, "executor": 273.0},
     )
-    return BenchReport(**{**fields, **changes})
+    return FastPathPhase(**{**fields, **changes})
+
+
+def report(peak_rss_mb: dict | None = None, **changes) -> BenchReport:
+    memory = {"planner": 71.4, "executor": 273.0} if peak_rss_mb is None else peak_rss_mb
+    return BenchReport(fast=(phase(**changes),), peak_rss_mb=memory)
 
 
 def test_percentile_interpolates_between_the_nearest_ranks():
@@ -90,12 +95,30 @@ def test_run_stats_without_completed_goals_have_no_percentiles():
     assert stats.p50_ms is None and stats.p99_ms is None and stats.goals_per_s == 0.0
 
 
+def test_run_stats_per_hop_and_per_event():
+    stats = RunStats(latencies_ms=(180.0, 360.0), wall_s=3.6)
+    assert stats.p50_per_hop_ms(18) == 15.0
+    assert stats.wall_ms_per_hop(18) == 100.0  # 3600 ms for 2 goals × 18 hops
+    assert RunStats((), 1.0).p50_per_hop_ms(18) is None and RunStats((), 1.0).wall_ms_per_hop(18) is None
+
+
+def test_ratio_of_unknowns_is_unknown():
+    assert ratio(3.0, 2.0) == 1.5
+    assert ratio(None, 2.0) is None and ratio(3.0, None) is None and ratio(3.0, 0.0) is None
+
+
+def test_steps_of_reads_the_completed_goals():
+    assert steps_of([Sample("a", None), Sample("b", 10.0, 5)]) == 5
+    assert steps_of([Sample("a", None)]) is None
+
+
 def test_report_ratios_compare_goalrail_with_the_floor():
-    bench = report()
+    bench = phase()
     assert bench.latency_ratio == pytest.approx(500 / 210)  # floor p50 of four values is 210
     assert bench.throughput_ratio == pytest.approx(1.5 / 8.0)
     assert bench.overhead_p50_ms == 80.0
     assert bench.failures == 1
+    assert report().failures == 1
 
 
 def test_report_renders_the_numbers():
@@ -109,11 +132,18 @@ def test_report_renders_the_numbers():
     assert "1" in rows["goals failed/timed out"]
     assert "273 MB" in text and "executor" in text
     assert "18 hops" in text
+    assert "2 in flight" in text
 
 
 def test_report_without_completed_goals_renders_dashes():
     text = rendered(report(goalrail=RunStats((), 1.0, failures=4), overhead_per_step_ms=(), peak_rss_mb={}))
     assert "—" in text and "peak RSS" not in text
+
+
+def test_the_report_finds_the_fast_path_phase_at_a_concurrency():
+    at_8 = phase(concurrency=8)
+    bench = BenchReport(fast=(phase(concurrency=1), at_8))
+    assert bench.fast_at(8) is at_8 and bench.fast_at(64) is None
 
 
 def test_run_bounded_keeps_at_most_concurrency_goals_in_flight_and_reports_progress():
@@ -141,3 +171,17 @@ def test_peak_rss_of_this_process_is_read_from_proc():
     if not sys.platform.startswith("linux"):
         pytest.skip("VmHWM is in Linux /proc")
     assert peak_rss_mb(os.getpid()) > 1
+
+
+def test_the_stack_allows_every_slow_goal_a_tool_call_at_once():
+    plan = BenchPlan(fast_goals={1: 5, 8: 5, 64: 5}, slow_goals=300)
+    assert plan.tool_slots == 300
+    env = stack_env(plan.tool_slots)
+    assert env["GOALRAIL_TOOL_CONCURRENCY"] == env["GOALRAIL_TOOL_CONCURRENCY_PER_TOOL"] == "300"
+    assert env["GOALRAIL_MAX_IN_FLIGHT"] == "300"  # above the default of 256
+
+
+def test_the_stack_allows_at_least_the_fast_path_concurrency_and_at_most_the_settings_bound():
+    assert BenchPlan(fast_goals={1: 5, 64: 5}, slow_goals=0).tool_slots == 64
+    assert BenchPlan(slow_goals=5000).tool_slots == 1024
+    assert stack_env(64)["GOALRAIL_MAX_IN_FLIGHT"] == "256"  # never below the default
