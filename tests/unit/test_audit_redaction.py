@@ -64,6 +64,10 @@ def test_the_auditor_consumes_every_topic(monkeypatch):
 
     setup = shared.service.setup_tracing  # keep this test process's global tracer provider untouched
     monkeypatch.setattr(shared.service, "setup_tracing", lambda name, endpoint: setup(name, endpoint, False))
-    app = create_app(Settings(auditor_http_port=0, mongo_url="memory://"))
-    [subscriber] = app.brokers[0].subscribers
-    assert set(subscriber.topic_names) == {t.value for t in Topic}
+    consumers: list[tuple[str, list[str]]] = []
+    monkeypatch.setattr(shared.service, "KeyedConsumer",
+                        lambda settings, group_id, topics, *args, **kwargs: consumers.append((group_id, topics)))
+    create_app(Settings(auditor_http_port=0, mongo_url="memory://"))
+    [(group_id, topics)] = consumers
+    assert group_id == "auditor"
+    assert set(topics) == {t.value for t in Topic}
