@@ -65,8 +65,14 @@ def test_the_auditor_consumes_every_topic(monkeypatch):
     setup = shared.service.setup_tracing  # keep this test process's global tracer provider untouched
     monkeypatch.setattr(shared.service, "setup_tracing", lambda name, endpoint: setup(name, endpoint, False))
     consumers: list[tuple[str, list[str]]] = []
-    monkeypatch.setattr(shared.service, "KeyedConsumer",
-                        lambda settings, group_id, topics, *args, **kwargs: consumers.append((group_id, topics)))
+
+    class RecordingConsumer:
+        def __init__(self, settings, group_id, topics, *args, **kwargs) -> None:
+            consumers.append((group_id, topics))
+
+        async def stop(self) -> None: ...
+
+    monkeypatch.setattr(shared.service, "KeyedConsumer", RecordingConsumer)
     create_app(Settings(auditor_http_port=0, mongo_url="memory://"))
     [(group_id, topics)] = consumers
     assert group_id == "auditor"
