@@ -52,7 +52,7 @@ def sales_plan(goal_input: dict | None = None) -> Plan:
 
 
 def test_builtin_playbooks_load():
-    assert set(PLAYBOOKS) == {"quarterly-sales-report", "benchmark-chain", "vendor-payment"}
+    assert set(PLAYBOOKS) == {"quarterly-sales-report", "benchmark-chain", "benchmark-slow-chain", "vendor-payment"}
 
 
 def test_demo_goal_matches_the_sales_playbook_with_its_quarter():
@@ -73,6 +73,11 @@ def test_benchmark_goal_matches_the_benchmark_chain():
     assert found == {}
 
 
+def test_slow_benchmark_goal_matches_only_the_slow_chain():
+    playbook, _ = choose_playbook("Run the benchmark of slow steps", PLAYBOOKS, None)
+    assert playbook.name == "benchmark-slow-chain"
+
+
 def test_required_words_must_all_be_whole_words():
     # "sales" alone, or "reports" instead of "report", is not enough
     for text in ("Prepare the Q3 sales deck", "Sales reports for Q3", "benchmark the chains"):
@@ -84,7 +89,8 @@ def test_no_match_is_a_typed_no_plan_error():
     with pytest.raises(PlanningError) as info:
         choose_playbook("Book a flight to Lisbon", PLAYBOOKS, None)
     assert info.value.error.code is ErrorCode.NO_PLAN
-    assert info.value.error.details["playbooks"] == ["benchmark-chain", "quarterly-sales-report", "vendor-payment"]
+    assert info.value.error.details["playbooks"] == [
+        "benchmark-chain", "benchmark-slow-chain", "quarterly-sales-report", "vendor-payment"]
     assert "Lisbon" in info.value.error.message
 
 
