@@ -4,7 +4,9 @@ cost of an event with a full store against an empty one on any store backend.
 
 A preloaded goal is what the four services would have stored for it: the planner's goal record
 with its plan, progress and outboxes, the router's decisions and observed results, the
-executor's executions, and the auditor's hash chain of every event of the goal.
+executor's executions, and the auditor's hash chain of every event of the goal. The events come
+from the planner's planning functions, the audit records from the auditor's `chain`, and the
+documents have the shape each service's repository gives them (the unit tests compare them).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
-from services.auditor.audit import chain, outcome_for
+from services.auditor.audit import AuditRecord, chain, outcome_for
 from services.auditor.store import AuditStore
 from services.executor.execution import SOURCE as EXECUTOR
 from services.executor.execution import execution_key
@@ -51,6 +53,7 @@ CLIENT = "goalrail/client"  # as GoalrailClient submits the bench's live goals
 MODEL = "goalrail/offline-writer"  # what the offline routing table binds a summarise step to
 EVENT_SPACING = timedelta(milliseconds=10)
 STEP_DURATION_MS = 1.0
+AUDIT_COLLECTION = "audit"  # AuditStore's
 BATCH_GOALS = 50  # goals written together; the next batch is built while one is written
 
 
@@ -196,6 +199,21 @@ def outbox_document(key: str, outbox: list[Event], extra: dict[str, Any] | None 
     return {"_id": key, "outbox": [event.model_dump(mode="json") for event in outbox], **(extra or {})}
 
 
+def audit_document(record: AuditRecord, outbox: list[Event]) -> dict[str, Any]:
+    """As AuditStore.append stores one record of a goal's chain."""
+    return {"_id": record.event_id, **record.model_dump(mode="json"),
+            "outbox": [event.model_dump(mode="json") for event in outbox]}
+
+
+def audit_chain(goal: FinishedGoal) -> list[dict[str, Any]]:
+    """The auditor's documents of every event of the goal, hash-chained as the auditor chains them."""
+    documents, previous = [], None
+    for event in goal.events():
+        previous = chain(event, previous)
+        documents.append(audit_document(previous, [goal.outcome] if event is goal.finished else []))
+    return documents
+
+
 @dataclass(frozen=True)
 class ServiceStores:
     """Each service's repository, opened on its own database as the service opens it."""
@@ -204,14 +222,16 @@ class ServiceStores:
     router: RouterStore
     executions: Collection
     audit: AuditStore
+    audit_records: Collection  # the collection behind `audit`, written in bulk
 
     @classmethod
     def open(cls, store_url: str) -> ServiceStores:
         def database(service: str) -> Any:
             return open_database(store_url, database_name(service))
 
+        auditor = database("auditor")
         return cls(PlanStore(database("planner")), RouterStore(database("router")),
-                   database("executor")["executions"], AuditStore(database("auditor")))
+                   database("executor")["executions"], AuditStore(auditor), auditor[AUDIT_COLLECTION])
 
     async def init(self) -> None:
         """The indexes each service makes at startup (a no-op when they run already)."""
@@ -221,11 +241,9 @@ class ServiceStores:
         await self.audit.init()
 
     async def write(self, goals: Sequence[FinishedGoal]) -> int:
-        """Store the goals in every service's repository. The router's and the executor's
-        documents go in one insert per collection: those collections take plain outbox documents,
-        and a batch saves a transaction per document. The planner's and the auditor's go through
-        their repositories, which own their documents' shape, many goals at once so the store
-        always has the next write queued."""
+        """Store the goals in every service's store. Goal records go through PlanStore.create;
+        the other documents, of the shape their service stores, in one insert per collection:
+        a transaction per document (19 audit records a goal) would take most of the time."""
         await asyncio.gather(self._planner(goals), self._router(goals), self._executor(goals), self._auditor(goals))
         return len(goals)
 
@@ -246,16 +264,7 @@ class ServiceStores:
         await self.executions.insert_many([execution_document(run) for goal in goals for run in goal.steps])
 
     async def _auditor(self, goals: Sequence[FinishedGoal]) -> None:
-        # one chain per goal, so the chains of different goals are written side by side
-        await asyncio.gather(*(self._audit_chain(goal) for goal in goals))
-
-    async def _audit_chain(self, goal: FinishedGoal) -> None:
-        previous = None
-        for event in goal.events():
-            record = chain(event, previous)
-            if not await self.audit.append(record, [goal.outcome] if event is goal.finished else []):
-                raise ValueError(f"the audit chain of {goal.goal_id} is stored already")
-            previous = record
+        await self.audit_records.insert_many([document for goal in goals for document in audit_chain(goal)])
 
 
 def execution_document(run: StepRun) -> dict[str, Any]:

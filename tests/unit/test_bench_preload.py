@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from services.auditor.audit import verify_chain
+from services.auditor.audit import AuditRecord, chain, verify_chain
+from services.auditor.store import AuditStore
 from services.auditor.handlers import AuditorDeps
 from services.auditor.handlers import handle as audit
 from services.executor.handlers import ExecutorDeps
@@ -26,6 +27,8 @@ from shared.embedded.bench_goals import FAST_CHAIN_PLAYBOOK
 from shared.embedded.bench_preload import (
     FinishedGoal,
     ServiceStores,
+    audit_chain,
+    audit_document,
     execution_document,
     finished_goal,
     outbox_document,
@@ -106,6 +109,29 @@ def test_outbox_documents_are_shaped_as_handle_once_stores_them():
         assert stored == outbox_document(run.ready.id, [run.dispatched], extra)
 
     asyncio.run(compare())
+
+
+def test_audit_documents_are_shaped_as_audit_store_append_stores_them():
+    finished = goal()
+    record = chain(finished.finished, None)
+    database = open_database(memory_url(), "auditor")
+
+    async def compare() -> None:
+        await AuditStore(database).append(record, [finished.outcome])
+        stored = await database["audit"].find_one({"_id": record.event_id})
+        assert stored == audit_document(record, [finished.outcome])
+
+    asyncio.run(compare())
+
+
+def test_the_audit_chain_links_every_event_and_settles_the_outcome_on_the_finished_plan():
+    finished = goal()
+    documents = audit_chain(finished)
+    records = [AuditRecord.model_validate(document) for document in documents]
+    assert [record.seq for record in records] == list(range(1, 20))
+    assert verify_chain(records) is None
+    assert [len(document["outbox"]) for document in documents] == [0] * 17 + [1, 0]
+    assert documents[17]["outbox"][0]["id"] == finished.outcome.id
 
 
 def test_an_execution_document_names_its_step_and_binding():
