@@ -195,7 +195,7 @@ class BenchReport:
 
 
 def memory_table(peak_rss_mb: Mapping[str, float]) -> Table:
-    table = Table(title="peak RSS per process (VmHWM), after all phases", min_width=TABLE_WIDTH // 2)
+    table = Table(title="peak RSS (VmHWM) after all phases", min_width=TABLE_WIDTH // 2)
     table.add_column("process")
     table.add_column("peak RSS", justify="right")
     for name, megabytes in peak_rss_mb.items():
