@@ -70,6 +70,19 @@ class KeyedConsumer:
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._fetch_loop(), name=f"{self._group_id}-fetch"),
                        loop.create_task(self._commit_loop(), name=f"{self._group_id}-commit")]
+        await self._joined(timeout=2 * session_ms / 1000)
+
+    async def _joined(self, timeout: float) -> None:
+        """Return once the group gave this member its partitions, so a service that says it is
+        ready consumes at once (a join takes a moment; the first goal should not pay for it)."""
+        consumer = self._consumer
+        assert consumer is not None
+        deadline = asyncio.get_running_loop().time() + timeout
+        while not consumer.assignment():
+            if asyncio.get_running_loop().time() > deadline:
+                log.warning("%s has no partitions after %.0fs (more members than partitions?)", self._group_id, timeout)
+                return
+            await asyncio.sleep(0.01)
 
     async def stop(self) -> None:
         """Stop fetching, let held records finish for a while, commit what finished, leave."""
