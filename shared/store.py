@@ -9,16 +9,18 @@ Repositories are written once against `pymongo.asynchronous` collection semantic
 - `memory://[NAME]`: the same docstore on in-memory SQLite, for unit tests: one process, shared
   by everything opening the same URL until `reset_memory_stores()`.
 
-The docstore is synchronous: its calls run on one worker thread per process, so the event loop
-never waits for SQLite (nor for another process holding its write lock).
+The docstore is synchronous and its calls run right on the event loop. A call by key or index
+takes tens of microseconds; handing it to a worker thread cost several times that, and under
+load each hand-over waited for the GIL (up to its 5 ms switch interval), which made every
+store call of a busy service slow. Each service writes its own database file, so a call waits
+for another process's write lock only in the rare moments two processes write one file (a
+CLI command, a second replica), and then for at most SQLite's busy timeout.
 """
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -59,21 +61,17 @@ class Database(Protocol):
     def __getitem__(self, name: str) -> Collection: ...
 
 
-class _ThreadCursor:
-    def __init__(self, run: Any, cursor_factory: Any) -> None:
-        self._run = run
+class _AsyncCursor:
+    def __init__(self, cursor_factory: Any) -> None:
         self._cursor_factory = cursor_factory
 
     async def to_list(self, length: int | None = None) -> list[dict[str, Any]]:
-        def fetch() -> list[dict[str, Any]]:
-            cursor = self._cursor_factory()
-            return list(cursor if length is None else cursor.limit(length))
-
-        return await self._run(fetch)
+        cursor = self._cursor_factory()
+        return list(cursor if length is None else cursor.limit(length))
 
 
-class _ThreadCollection:
-    """Async facade over a synchronous docstore collection."""
+class _AsyncCollection:
+    """pymongo's async collection API over a synchronous docstore collection."""
 
     _ASYNC_METHODS = {
         "insert_one",
@@ -91,36 +89,29 @@ class _ThreadCollection:
         "index_information",
     }
 
-    def __init__(self, collection: Any, executor: ThreadPoolExecutor) -> None:
+    def __init__(self, collection: Any) -> None:
         self._collection = collection
-        self._executor = executor
 
-    async def _run(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, functools.partial(fn, *args, **kwargs))
-
-    def find(self, *args: Any, **kwargs: Any) -> _ThreadCursor:
-        return _ThreadCursor(self._run, lambda: self._collection.find(*args, **kwargs))
+    def find(self, *args: Any, **kwargs: Any) -> _AsyncCursor:
+        return _AsyncCursor(lambda: self._collection.find(*args, **kwargs))
 
     def __getattr__(self, name: str) -> Any:
         if name not in self._ASYNC_METHODS:
             raise AttributeError(name)
         method = getattr(self._collection, name)
-        return functools.partial(self._run, method)
+
+        async def call(*args: Any, **kwargs: Any) -> Any:
+            return method(*args, **kwargs)
+
+        return call
 
 
-class _ThreadDatabase:
-    def __init__(self, database: Any, executor: ThreadPoolExecutor) -> None:
+class _AsyncDatabase:
+    def __init__(self, database: Any) -> None:
         self._database = database
-        self._executor = executor
 
-    def __getitem__(self, name: str) -> _ThreadCollection:
-        return _ThreadCollection(self._database[name], self._executor)
-
-
-@functools.cache
-def _store_executor() -> ThreadPoolExecutor:
-    return ThreadPoolExecutor(max_workers=1, thread_name_prefix="goalrail-store")
+    def __getitem__(self, name: str) -> _AsyncCollection:
+        return _AsyncCollection(self._database[name])
 
 
 _embedded_clients: dict[str, docstore.Client] = {}
@@ -128,7 +119,7 @@ _embedded_clients_lock = threading.Lock()
 
 
 def _embedded_client(url: str) -> docstore.Client:
-    # Opening costs nothing: SQLite is first touched by a call, on the store thread.
+    # Opening costs nothing: SQLite is first touched by a call.
     with _embedded_clients_lock:
         if url not in _embedded_clients:
             if url.startswith("memory://"):
@@ -156,7 +147,7 @@ def open_database(url: str, name: str) -> Database:
     """The database `name` at `url` (mongodb://…, embedded://PATH or memory://)."""
     if url.startswith(("mongodb://", "mongodb+srv://")):
         return _mongo_client(url)[name]
-    return _ThreadDatabase(embedded_database(url, name), _store_executor())
+    return _AsyncDatabase(embedded_database(url, name))
 
 
 def embedded_database(url: str, name: str) -> docstore.Database:
