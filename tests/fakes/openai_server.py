@@ -4,16 +4,19 @@ HTTP path in tests.
     with FakeOpenAI() as server:
         server.script("cheap", [Status(429), "hello"])        # first call 429, then "hello"
         server.script("slow", [Slow(5.0, "late")])
+        server.script("held", [Held(release, "late")])          # answers once release.set()
         litellm model "openai/cheap", api_base=server.base_url, api_key="test"
         server.count("cheap")        # requests received for model "cheap"
         server.requests_for("cheap") # their JSON bodies
 
 Each scripted response is a string (the assistant content; JSON text for structured answers),
 a dict (sent as JSON content), `Status(code, retry_after=…)` (an OpenAI-style error),
-`Slow(seconds, content)` (answers after a delay), or `Reply(content, prompt_tokens,
-completion_tokens)` (fixed usage). A script that runs out repeats its last response; a model
-with no script answers `"fake answer from <model>"`. Responses carry `usage` so litellm can
-price them (give the deployment `input_cost_per_token`/`output_cost_per_token`).
+`Slow(seconds, content)` (answers after a delay), `Held(release, content)` (answers once the
+`threading.Event` release is set: a call that hangs until the test lets it go), or
+`Reply(content, prompt_tokens, completion_tokens)` (fixed usage). A script that runs out
+repeats its last response; a model with no script answers `"fake answer from <model>"`.
+Responses carry `usage` so litellm can price them (give the deployment
+`input_cost_per_token`/`output_cost_per_token`).
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-__all__ = ["FakeOpenAI", "Reply", "Response", "Slow", "Status"]
+__all__ = ["FakeOpenAI", "Held", "Reply", "Response", "Slow", "Status"]
 
 
 @dataclass(frozen=True)
@@ -49,13 +52,20 @@ class Slow:
 
 
 @dataclass(frozen=True)
+class Held:
+    release: threading.Event
+    content: str | dict[str, Any] = "held answer"
+    timeout: float = 120.0  # a test that never releases still ends
+
+
+@dataclass(frozen=True)
 class Reply:
     content: str | dict[str, Any]
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
 
 
-Response = Union[str, dict, Status, Slow, Reply]
+Response = Union[str, dict, Status, Slow, Held, Reply]
 
 _ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 429: "rate_limit_error"}
 
@@ -137,6 +147,11 @@ class FakeOpenAI:
                 return JSONResponse({"error": error}, status_code=response.code, headers=headers)
             if isinstance(response, Slow):
                 await asyncio.sleep(response.seconds)
+                response = response.content
+            if isinstance(response, Held):
+                deadline = time.monotonic() + response.timeout
+                while not response.release.is_set() and time.monotonic() < deadline:
+                    await asyncio.sleep(0.02)
                 response = response.content
             if not isinstance(response, Reply):
                 response = Reply(response)
