@@ -338,8 +338,25 @@ def parse_retry_after(value: str | None) -> float | None:
     return max(0.0, when.timestamp() - time.time())
 
 
+_VALIDATORS: dict[int, tuple[dict[str, Any], jsonschema.Draft202012Validator]] = {}
+_VALIDATORS_KEPT = 1024
+
+
+def _validator(schema: dict[str, Any]) -> jsonschema.Draft202012Validator:
+    """One validator per schema object: building one costs more than validating a call's input.
+    The cache holds the schema itself, so its id cannot be reused by another object."""
+    cached = _VALIDATORS.get(id(schema))
+    if cached is None or cached[0] is not schema:
+        if len(_VALIDATORS) >= _VALIDATORS_KEPT:
+            _VALIDATORS.clear()
+        cached = _VALIDATORS[id(schema)] = (schema, jsonschema.Draft202012Validator(schema))
+    return cached[1]
+
+
 def validate(value: Any, schema: dict[str, Any], code: ErrorCode, tool_name: str) -> None:
-    validator = jsonschema.Draft202012Validator(schema)
+    validator = _validator(schema)
+    if validator.is_valid(value):
+        return
     problems = sorted(validator.iter_errors(value), key=lambda e: list(map(str, e.absolute_path)))
     if problems:
         details = [
