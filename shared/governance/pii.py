@@ -167,7 +167,7 @@ def _redact(value: Any, allowed: list[str]) -> Any:
 
 def _may_hold_pii(text: str) -> bool:
     # every kind needs an @ or at least a few digits: skip the phone parser on plain prose
-    return "@" in text or sum(c.isdigit() for c in text) >= 7
+    return "@" in text or (len(text) >= 7 and sum(map(str.isdigit, text)) >= 7)  # map: C speed, every event
 
 
 def find_in_value(value: Any, allowed_classes: Iterable[str] = (), path: str = "$") -> list[tuple[str, Finding]]:
