@@ -210,3 +210,18 @@ async def test_chains_of_different_goals_are_independent(audit_store):
     for goal_id in ("g1", "g2"):
         records = await audit_store.records(goal_id)
         assert [r.seq for r in records] == [1, 2, 3, 4] and first_broken_link(records) is None
+
+
+async def test_two_auditors_with_stale_heads_keep_one_intact_chain(audit_store):
+    # two replicas, each remembering the head it appended last: every other append finds its
+    # remembered head stale, collides on (goal_id, seq) and reads the head again
+    first = AuditorDeps(store=audit_store, clock=lambda: T0)
+    second = AuditorDeps(store=audit_store, clock=lambda: T0)
+    evs = events()
+    for index, event in enumerate(evs):
+        await handle(event, first if index % 2 == 0 else second)
+    await handle(evs[1], first)  # a redelivery to the other replica adds nothing
+    records = await audit_store.records("g")
+    assert [r.seq for r in records] == list(range(1, len(evs) + 1))
+    assert [r.event_id for r in records] == [e.id for e in evs]
+    assert first_broken_link(records) is None
