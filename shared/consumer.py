@@ -66,7 +66,7 @@ class KeyedConsumer:
             fetch_max_wait_ms=self._settings.kafka_fetch_max_wait_ms,
         )
         await self._consumer.start()
-        self._consumer.subscribe(self._topics, listener=_CommitOnRevoke(self))
+        self._consumer.subscribe(self._topics, listener=_CommitOnRevoke(self._release))
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._fetch_loop(), name=f"{self._group_id}-fetch"),
                        loop.create_task(self._commit_loop(), name=f"{self._group_id}-commit")]
@@ -100,6 +100,10 @@ class KeyedConsumer:
         await self._commit(self.scheduler.commit_points())
         await self._consumer.stop()
         self._consumer = None
+
+    def assigned(self) -> set[TopicPartition]:
+        """The partitions the group gave this member now."""
+        return set(self._consumer.assignment()) if self._consumer is not None else set()
 
     # --- fetching -------------------------------------------------------------------------------
 
@@ -144,6 +148,13 @@ class KeyedConsumer:
 
     # --- committing -----------------------------------------------------------------------------
 
+    async def _release(self, revoked: set[TopicPartition]) -> None:
+        """Before partitions move to another member: finish (or give up on) their running records
+        within half a session timeout and commit how far they got, so the new owner repeats as
+        little as possible."""
+        grace = self._settings.kafka_session_timeout_ms / 2000
+        await self._commit(await self.scheduler.revoke(revoked, timeout=grace))
+
     async def _commit_loop(self) -> None:
         while True:
             await self.scheduler.progressed.wait()
@@ -170,18 +181,12 @@ class KeyedConsumer:
 
 
 class _CommitOnRevoke(ConsumerRebalanceListener):
-    """Before partitions move to another member, finish (or give up on) their running records
-    and commit how far they got, so the new owner repeats as little as possible."""
-
-    def __init__(self, owner: KeyedConsumer) -> None:
-        self._owner = owner
+    def __init__(self, release: Callable[[set[TopicPartition]], Awaitable[None]]) -> None:
+        self._release = release
 
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
-        if not revoked:
-            return
-        grace = self._owner._settings.kafka_session_timeout_ms / 2000
-        points = await self._owner.scheduler.revoke(revoked, timeout=grace)
-        await self._owner._commit(points)
+        if revoked:
+            await self._release(revoked)
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         return None
