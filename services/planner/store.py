@@ -58,10 +58,8 @@ class PlanStore:
         self._goals = database["goals"]
 
     async def init(self) -> None:
-        await self._goals.create_index("status")
-        await self._goals.create_index("expires_at")
         # the sweep's two questions, each answered by one index: overdue running goals, and
-        # goals whose events are stored but unpublished
+        # goals whose events are stored but unpublished (nothing asks by status or expiry alone)
         await self._goals.create_index([("status", 1), ("expires_at", 1)])
         await self._goals.create_index("has_unpublished")
 
