@@ -16,8 +16,8 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.structs import ConsumerRecord
 from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.structs import ConsumerRecord
 from faststream.kafka import KafkaBroker
 from opentelemetry.trace import TracerProvider
 from pydantic import ValidationError

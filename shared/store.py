@@ -103,6 +103,7 @@ class _AsyncCollection:
         async def call(*args: Any, **kwargs: Any) -> Any:
             return method(*args, **kwargs)
 
+        setattr(self, name, call)  # made once per method: every store call comes through here
         return call
 
 
