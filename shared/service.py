@@ -1,4 +1,5 @@
-"""What every service process shares: tracing, logging, the broker, the guarded keyed consumer.
+"""What every service process shares: tracing, logging, the broker, the publisher, the guarded
+keyed consumer.
 
 A service's app module only builds its dependencies and names its topics and handler.
 """
@@ -13,7 +14,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from faststream import FastStream
 from opentelemetry import trace
 
-from shared.bus import ConsumeGuard, Handler, ensure_topics, make_broker
+from shared.bus import ConsumeGuard, EventSink, Handler, KafkaPublisher, ensure_topics, make_broker
 from shared.consumer import KeyedConsumer
 from shared.events import Topic
 from shared.settings import Settings
@@ -29,10 +30,13 @@ class ServiceRuntime:
         endpoint = str(settings.otlp_endpoint) if settings.otlp_endpoint else None
         self.tracer_provider = setup_tracing(name, endpoint)
         self.tracer = trace.get_tracer(f"goalrail.{name}", tracer_provider=self.tracer_provider)
+        # the FastStream broker serves the AsyncAPI document, the app's lifecycle and the
+        # occasional publish (operators' decisions); handlers' events go out on the publisher
         self.broker = make_broker(settings, self.tracer_provider)
+        self.publisher = KafkaPublisher(settings, self.tracer)
 
-    def guard(self, handler: Handler) -> ConsumeGuard:
-        return ConsumeGuard(self.broker, self.name, handler, self.settings.handler_attempts)
+    def guard(self, handler: Handler, sink: EventSink | None = None) -> ConsumeGuard:
+        return ConsumeGuard(sink or self.publisher, self.name, handler, self.settings.handler_attempts)
 
     def consumer(self, topics: Sequence[Topic], handler: Handler) -> KeyedConsumer:
         """This service's group member: goals side by side, each goal's events in order."""
@@ -48,6 +52,7 @@ class ServiceRuntime:
 
         async def start() -> None:
             await ensure_topics(self.settings.kafka_bootstrap, self.settings.kafka_partitions)
+            await self.publisher.start()
             for hook in on_startup:
                 await hook()
 
@@ -57,16 +62,21 @@ class ServiceRuntime:
                      ", ".join(t.value for t in topics), self.settings.max_in_flight)
 
         async def stop() -> None:
+            await consumer.stop()  # lets held records finish: they still publish
+            await self.publisher.stop()
+
+        async def flush_traces() -> None:
             self.tracer_provider.shutdown()
 
-        return FastStream(self.broker, on_startup=[start], after_startup=[ready], on_shutdown=[consumer.stop],
-                          after_shutdown=[stop], logger=None)
+        return FastStream(self.broker, on_startup=[start], after_startup=[ready], on_shutdown=[stop],
+                          after_shutdown=[flush_traces], logger=None)
 
     @contextlib.asynccontextmanager
     async def serving(self, topics: Sequence[Topic], handler: Handler) -> AsyncIterator[KeyedConsumer]:
         """The broker and a consumer running `handler`, without the app's start-up hooks (tests)."""
         consumer = self.consumer(topics, handler)
         await self.broker.start()
+        await self.publisher.start()
         try:
             await consumer.start()
             try:
@@ -74,6 +84,7 @@ class ServiceRuntime:
             finally:
                 await consumer.stop()
         finally:
+            await self.publisher.stop()
             await self.broker.stop()
 
 

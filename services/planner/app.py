@@ -12,7 +12,6 @@ from services.planner.handlers import PlannerDeps, expire_overdue, handle
 from services.planner.model_planning import ModelPlanner
 from services.planner.planning import load_playbooks
 from services.planner.store import PlanStore
-from shared.bus import publish
 from shared.events import Event, Topic, utcnow
 from shared.governance.boundaries import PlanBoundary
 from shared.models.client import ModelClient
@@ -54,7 +53,7 @@ def create_app(settings: Settings) -> FastStream:
     )
 
     async def send(events: list[Event]) -> None:
-        await publish(runtime.broker, events)
+        await runtime.publisher.publish(events)
 
     async def sweep() -> None:
         """Goals past their deadline or time budget end even when no step result comes."""

@@ -25,6 +25,7 @@ from shared.events import (
     parse_event,
     to_wire,
 )
+from shared.bus import BrokerSink
 from shared.service import ServiceRuntime
 from shared.settings import Settings
 
@@ -48,7 +49,7 @@ class Harness:
         options = {} if attempts is None else {"handler_attempts": attempts}
         self.settings = Settings(kafka_bootstrap="127.0.0.1:9", mongo_url="memory://", **options)
         self.runtime = ServiceRuntime("router", self.settings)
-        guard = self.runtime.guard(self.handle)
+        guard = self.runtime.guard(self.handle, BrokerSink(self.runtime.broker))  # the in-memory broker
 
         # the services' KeyedConsumer hands the guard aiokafka's ConsumerRecord, as this does
         @self.runtime.broker.subscriber(Topic.STEPS_READY.value, group_id="router")
