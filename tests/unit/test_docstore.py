@@ -188,6 +188,27 @@ def test_replace_one_is_conditional_on_the_whole_filter(db):
         goals.replace_one({"_id": "g"}, {"$set": {"status": "x"}})
 
 
+_PLAIN_DOCUMENTS = [
+    {"_id": "a", "v": 1}, {"_id": "b", "v": 1.0}, {"_id": "c", "v": True}, {"_id": "d", "v": [1, 2]},
+    {"_id": "e", "v": None}, {"_id": "f"}, {"_id": "g", "v": "1"}, {"_id": "h", "v": float("nan")},
+    {"_id": "i", "v": {"x": 1}}, {"_id": "j", "v": 2},
+]
+
+
+@pytest.mark.parametrize("wanted", [1, 1.0, True, False, "1", float("nan"), 2, 0])
+def test_plain_equality_shortcut_agrees_with_mongodbs_rules(db, wanted):
+    """The store answers `{field: scalar}` without mongomock when it safely can: the same
+    documents must match as by the full rules (bool is not a number, 1 == 1.0, an array holding
+    the value matches, NaN matches NaN)."""
+    from mongomock.filtering import filter_applies
+
+    items = db["items"]
+    items.insert_many([dict(d) for d in _PLAIN_DOCUMENTS])
+    expected = sorted(d["_id"] for d in _PLAIN_DOCUMENTS if filter_applies({"v": wanted}, d))
+    assert sorted(d["_id"] for d in items.find({"v": wanted})) == expected
+    assert sorted(d["_id"] for d in items.find({"_id": {"$in": expected}, "v": wanted})) == expected
+
+
 def test_find_one_and_update_returns_before_or_after_and_takes_the_first_in_sort_order(db):
     jobs = db["jobs"]
     jobs.create_index("priority")
