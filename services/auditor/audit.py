@@ -84,7 +84,8 @@ def stored_body(event: Event) -> dict[str, Any]:
     """What the audit trail keeps of an event: the envelope as is (ids route and link records),
     every payload string with personal data redacted."""
     body = event.model_dump(mode="json")
-    return {k: v if k in ENVELOPE_FIELDS else redact_value(v) for k, v in body.items()}
+    payload = redact_value({k: v for k, v in body.items() if k not in ENVELOPE_FIELDS})
+    return {k: v if k in ENVELOPE_FIELDS else payload[k] for k, v in body.items()}
 
 
 def chain(event: Event, previous: AuditRecord | None) -> AuditRecord:
@@ -92,7 +93,8 @@ def chain(event: Event, previous: AuditRecord | None) -> AuditRecord:
     body = stored_body(event)
     seq = previous.seq + 1 if previous else 1
     prev_hash = previous.hash if previous else GENESIS
-    return AuditRecord(
+    # built from an event that was validated and a body made here: nothing left to validate
+    return AuditRecord.model_construct(
         event_id=event.id,
         goal_id=event.goal_id,
         seq=seq,

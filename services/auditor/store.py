@@ -62,7 +62,9 @@ class AuditStore:
         """False when another record took this place in the chain (re-read the head and retry)."""
         document: dict[str, Any] = {
             "_id": record.event_id,
-            **record.model_dump(mode="json"),
+            # the body is JSON already (it was hashed as such): serialising it again costs a walk
+            **record.model_dump(mode="json", exclude={"event"}),
+            "event": record.event,
             "outbox": [e.model_dump(mode="json") for e in outbox],
         }
         try:
