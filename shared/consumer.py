@@ -3,9 +3,9 @@ scheduler (shared/keyed.py) so goals are handled side by side while each goal's 
 their order, and committing each partition only up to its lowest unfinished offset.
 
 FastStream's subscribers handle one message at a time (or one partition per worker), so this
-loop uses aiokafka directly; FastStream's broker still publishes (with its OpenTelemetry
-middleware), and each record gets the `<topic> process` consumer span FastStream would give it,
-parented by the trace context in its headers.
+loop uses aiokafka directly (and handlers publish on aiokafka too: shared.bus.KafkaPublisher);
+each record gets the `<topic> process` consumer span FastStream would give it, parented by the
+trace context in its headers.
 """
 
 from __future__ import annotations

@@ -62,7 +62,7 @@ async def handle(event: Event, deps: RouterDeps) -> list[Event]:
         if closed := await deps.store.close_holds(event.goal_id, event.time):
             log.info("goal %s ended: %d step(s) waiting for approval will not run", event.goal_id, closed)
         return []
-    if isinstance(event, (StepSucceeded, StepFailed)) and deps.store is not None:
+    if isinstance(event, (StepSucceeded, StepFailed)) and deps.store is not None and _learns_from(event):
         store = deps.store
         try:
             await handle_once(store.observed, event.id, lambda: _observe(event, store, deps.clock()))
@@ -189,9 +189,15 @@ def _with_detected_pii(event: StepReady, table: RoutingTable) -> tuple[Step, lis
     return step.model_copy(update={"data_classes": [*step.data_classes, PII]}), found[:5]
 
 
+def _learns_from(event: StepSucceeded | StepFailed) -> bool:
+    """Only model calls teach the router something; a tool's result needs no dedupe record."""
+    binding = event.binding
+    return binding is not None and binding.kind == "model" and binding.model is not None
+
+
 async def _observe(event: StepSucceeded | StepFailed, store: RouterStore, now: float) -> list[Event]:
     binding = event.binding
-    if binding is None or binding.kind != "model" or binding.model is None:
+    if not _learns_from(event) or binding is None or binding.model is None:
         return []
     chain = [binding.model, *binding.fallbacks]
     stats = await store.stats(chain)

@@ -74,6 +74,12 @@ async def test_one_goal_is_one_trace_across_all_services(shared_stack):
     assert chat[0].attributes["gen_ai.usage.output_tokens"] > 0
     tools = {s.attributes["gen_ai.tool.name"] for s in spans if s.name.startswith("execute_tool ")}
     assert tools == {"sales.get_figures", "crm.top_accounts", "reports.publish"}
+    # a service's event is consumed under the span that published it: the hop reads as one link
+    by_id = {s.span_id: s for s in spans}
+    hops = [s for s in spans if s.kind == "CONSUMER" and s.service in {"router", "executor"}]
+    assert hops and all(by_id[s.parent_span_id].kind == "PRODUCER" for s in hops)
+    assert all(by_id[s.parent_span_id].name == s.name.replace(" process", " publish") for s in hops)
+    assert {by_id[s.parent_span_id].service for s in hops} == {"planner", "router"}
     consumers = {(s.service, s.name) for s in spans if s.kind == "CONSUMER"}
     assert ("planner", "goals.submitted process") in consumers or any(
         svc == "planner" and "goals.submitted" in name for svc, name in consumers
