@@ -79,7 +79,7 @@ async def test_one_goal_is_one_trace_across_all_services(shared_stack):
     hops = [s for s in spans if s.kind == "CONSUMER" and s.service in {"router", "executor"}]
     assert hops and all(by_id[s.parent_span_id].kind == "PRODUCER" for s in hops)
     assert all(by_id[s.parent_span_id].name == s.name.replace(" process", " publish") for s in hops)
-    assert {by_id[s.parent_span_id].service for s in hops} == {"planner", "router"}
+    assert {by_id[s.parent_span_id].service for s in hops} == {"planner", "router", "executor"}
     consumers = {(s.service, s.name) for s in spans if s.kind == "CONSUMER"}
     assert ("planner", "goals.submitted process") in consumers or any(
         svc == "planner" and "goals.submitted" in name for svc, name in consumers
