@@ -170,7 +170,7 @@ def bench(
         int, typer.Option(min=0, help="Fast path: goals of the 5 no-op steps run one at a time (0 = skip).")
     ] = 50,
     goals_at_8: Annotated[
-        int, typer.Option(min=0, help="Fast path: goals run 8 in flight (0 = skip); also the growth's empty-store figures.")
+        int, typer.Option(min=0, help="Fast path: goals run 8 in flight (0 = skip).")
     ] = 200,
     goals_at_64: Annotated[int, typer.Option(min=0, help="Fast path: goals run 64 in flight (0 = skip).")] = 500,
     slow_goals: Annotated[
@@ -182,7 +182,7 @@ def bench(
         typer.Option(min=0, help="Growth: finished goals written straight into every service's store before the "
                      "fast path runs again at 8 in flight (0 = skip)."),
     ] = 10_000,
-    growth_goals: Annotated[int, typer.Option(min=1, help="Growth: goals run 8 in flight after the preload.")] = 200,
+    growth_goals: Annotated[int, typer.Option(min=1, help="Growth: goals run 8 in flight right before and again after the preload.")] = 200,
     check: Annotated[
         bool, typer.Option("--check", help="Exit 1 when a target is missed (by default only a broken run exits 1).")
     ] = False,

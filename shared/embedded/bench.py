@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -337,6 +338,26 @@ def peak_rss_mb(pid: int) -> float | None:
     return None
 
 
+def cpu_seconds(pid: int) -> float | None:
+    """CPU time (user + system) the process used so far (Linux /proc); None where unavailable."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+
+
+def stack_cpu_s(stack: EmbeddedStack) -> dict[str, float]:
+    """CPU seconds used so far by the broker and each service, by name."""
+    processes = {"broker": stack.broker.process, **stack.processes}
+    used = {name: cpu_seconds(p.pid) for name, p in processes.items() if p is not None and p.poll() is None}
+    return {name: seconds for name, seconds in used.items() if seconds is not None}
+
+
+def cpu_used(before: Mapping[str, float], after: Mapping[str, float]) -> dict[str, float]:
+    return {name: after[name] - before[name] for name in before.keys() & after.keys()}
+
+
 def stack_peak_rss_mb(stack: EmbeddedStack) -> dict[str, float]:
     processes = {"broker": stack.broker.process, **stack.processes}
     peaks = {name: peak_rss_mb(p.pid) for name, p in processes.items() if p is not None and p.poll() is None}
@@ -362,11 +383,15 @@ class Phases:
     async def fast_path(self, goals: int, concurrency: int, label: str) -> FastPathPhase:
         stored = self.run.stored_goals
         self.progress(f"fast path: {goals} goals, {concurrency} in flight, {goal_count(stored)} stored")
+        before = stack_cpu_s(self.stack)
         goalrail, overhead = await self.run.fast_path(goals, concurrency, label)
+        between = stack_cpu_s(self.stack)
         self.progress(f"floor: {goals} messages relayed through {self.hops} Kafka hops each, {concurrency} in flight")
         floor = await measure_floor(self.stack.bootstrap, self.hops, self.stack.partitions, goals, concurrency,
                                     self.progress, topic=f"{FLOOR_TOPIC}.{label}")
-        return FastPathPhase(goals, concurrency, self.run.steps, self.hops, goalrail, floor, overhead, stored)
+        floor_cpu = cpu_used(between, stack_cpu_s(self.stack))
+        return FastPathPhase(goals, concurrency, self.run.steps, self.hops, goalrail, floor, overhead, stored,
+                             cpu_s=cpu_used(before, between), floor_broker_cpu_s=floor_cpu.get("broker"))
 
     async def slow_steps(self) -> SlowStepsPhase:
         plan = self.plan
@@ -394,10 +419,10 @@ async def run_phases(phases: Phases) -> BenchReport:
     if plan.slow_goals:
         report = replace(report, slow=await phases.slow_steps())
     if plan.preload:
-        empty = report.fast_at(GROWTH_CONCURRENCY)
-        if empty is None:  # the growth needs its empty-store figures at the same concurrency
-            empty = await phases.fast_path(plan.growth_goals, GROWTH_CONCURRENCY, f"c{GROWTH_CONCURRENCY}")
-            report = replace(report, fast=(*report.fast, empty))
+        # its own baseline, right before the preload: the broker keeps every message of the run in
+        # memory and costs more as it fills, so a baseline from the start of the run would make
+        # the broker's growth look like the store's
+        empty = await phases.fast_path(plan.growth_goals, GROWTH_CONCURRENCY, f"c{GROWTH_CONCURRENCY}-before-preload")
         report = replace(report, growth=await phases.growth(empty))
     return report
 

@@ -9,6 +9,7 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 
 from shared.embedded.bench_stats import RunStats, percentile, ratio
+from shared.embedded.stack import SERVICES
 
 TOOL_SLOT_SETTINGS = "GOALRAIL_TOOL_CONCURRENCY and GOALRAIL_TOOL_CONCURRENCY_PER_TOOL"
 TABLE_WIDTH = 84  # at least: a caption wraps to its table's width
@@ -27,6 +28,25 @@ class FastPathPhase:
     floor: RunStats
     overhead_per_step_ms: tuple[float, ...] = ()
     stored_goals: int = 0  # goals already in the services' stores when the phase started
+    # CPU seconds each process used while Goalrail's goals ran, and the broker's during the floor
+    cpu_s: Mapping[str, float] = field(default_factory=dict)
+    floor_broker_cpu_s: float | None = None
+
+    def cpu_ms_per_goal(self, *processes: str) -> float | None:
+        """CPU time the given processes spent per completed Goalrail goal."""
+        if not self.goalrail.completed or not all(p in self.cpu_s for p in processes):
+            return None
+        return 1000 * sum(self.cpu_s[p] for p in processes) / self.goalrail.completed
+
+    @property
+    def services_cpu_ms_per_goal(self) -> float | None:
+        return self.cpu_ms_per_goal(*SERVICES)
+
+    @property
+    def floor_broker_cpu_ms_per_goal(self) -> float | None:
+        if self.floor_broker_cpu_s is None or not self.floor.completed:
+            return None
+        return 1000 * self.floor_broker_cpu_s / self.floor.completed
 
     @property
     def failures(self) -> int:
@@ -69,6 +89,13 @@ class FastPathPhase:
         table.add_row("latency per hop p50", ms(rail.p50_per_hop_ms(self.hops)), ms(floor.p50_per_hop_ms(self.hops)), "")
         table.add_row("overhead per step p50", ms(self.overhead_p50_ms), "", "")
         table.add_row("overhead per step p99", ms(self.overhead_p99_ms), "", "")
+        if self.cpu_s:
+            per_service = ", ".join(f"{name} {ms(self.cpu_ms_per_goal(name))}" for name in SERVICES if name in self.cpu_s)
+            table.add_row("CPU per goal: 4 services", ms(self.services_cpu_ms_per_goal), "", "")
+            table.add_row("  of which", per_service, "", "")
+            broker = self.cpu_ms_per_goal("broker")
+            table.add_row("CPU per goal: broker", ms(broker), ms(self.floor_broker_cpu_ms_per_goal),
+                          times(ratio(broker, self.floor_broker_cpu_ms_per_goal)))
         return table
 
 
@@ -137,6 +164,12 @@ class GrowthPhase:
                      self.empty.goalrail.p50_per_hop_ms(self.empty.hops))
 
     @property
+    def services_cpu_ratio(self) -> float | None:
+        """The four services' CPU per goal, after / before the preload (idle polling counts too:
+        a slower run polls more per goal)."""
+        return ratio(self.preloaded.services_cpu_ms_per_goal, self.empty.services_cpu_ms_per_goal)
+
+    @property
     def per_event_ratio(self) -> float | None:
         """Wall time per event, preloaded / empty."""
         return ratio(self.preloaded.goalrail.wall_ms_per_hop(self.preloaded.hops),
@@ -149,13 +182,14 @@ class GrowthPhase:
             f"before and after preloading {self.preloaded_goals:,} goals",
             caption=f"preload: {self.preloaded_goals:,} finished goals into every service's store, "
             f"{self.preload_s:.0f}s ({rate:.0f} goals/s)\n"
-            "wall time per event: the run's wall time / (goals completed × hops)",
+            "wall time per event: the run's wall time / (goals completed × hops)\n"
+            "the two runs back to back: the broker, which keeps the run's messages in memory, is alike",
             min_width=TABLE_WIDTH,
         )
         table.add_column("")
-        table.add_column("empty store", justify="right")
+        table.add_column("before preload", justify="right")
         table.add_column("preloaded", justify="right")
-        table.add_column("preloaded / empty", justify="right")
+        table.add_column("after / before", justify="right")
         before, after = self.empty, self.preloaded
         table.add_row("goals stored before", f"{before.stored_goals:,}", f"{after.stored_goals:,}", "")
         table.add_row("goals/s", f"{before.goalrail.goals_per_s:.1f}", f"{after.goalrail.goals_per_s:.1f}",
@@ -168,6 +202,12 @@ class GrowthPhase:
                       ms(after.goalrail.wall_ms_per_hop(after.hops)), times(self.per_event_ratio))
         table.add_row("overhead per step p50", ms(before.overhead_p50_ms), ms(after.overhead_p50_ms),
                       times(ratio(after.overhead_p50_ms, before.overhead_p50_ms)))
+        if before.cpu_s and after.cpu_s:
+            table.add_row("CPU per goal: 4 services", ms(before.services_cpu_ms_per_goal),
+                          ms(after.services_cpu_ms_per_goal), times(self.services_cpu_ratio))
+            table.add_row("CPU per goal: broker", ms(before.cpu_ms_per_goal("broker")),
+                          ms(after.cpu_ms_per_goal("broker")),
+                          times(ratio(after.cpu_ms_per_goal("broker"), before.cpu_ms_per_goal("broker"))))
         return table
 
 

@@ -8,7 +8,7 @@ import io
 import pytest
 from rich.console import Console
 
-from shared.embedded.bench import BenchPlan, peak_rss_mb, run_bounded, stack_env
+from shared.embedded.bench import BenchPlan, cpu_seconds, cpu_used, peak_rss_mb, run_bounded, stack_env
 from shared.embedded.bench_report import BenchReport, FastPathPhase
 from shared.embedded.bench_stats import (
     RunStats,
@@ -185,3 +185,17 @@ def test_the_stack_allows_at_least_the_fast_path_concurrency_and_at_most_the_set
     assert BenchPlan(fast_goals={1: 5, 64: 5}, slow_goals=0).tool_slots == 64
     assert BenchPlan(slow_goals=5000).tool_slots == 1024
     assert stack_env(64)["GOALRAIL_MAX_IN_FLIGHT"] == "256"  # never below the default
+
+
+def test_cpu_seconds_of_a_process_grow_while_it_works_and_are_none_when_it_is_gone():
+    import os
+    import time
+
+    before = cpu_seconds(os.getpid())
+    deadline = time.process_time() + 0.05
+    while time.process_time() < deadline:
+        pass
+    after = cpu_seconds(os.getpid())
+    assert before is not None and after is not None and after - before >= 0.03
+    assert cpu_seconds(2**22 + 12345) is None  # above Linux's pid limit: no such process
+    assert cpu_used({"planner": 1.0, "broker": 2.0}, {"planner": 1.5, "router": 9.0}) == {"planner": 0.5}

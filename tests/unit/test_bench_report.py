@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from dataclasses import replace
 
 import pytest
 from rich.console import Console
@@ -105,3 +106,26 @@ def test_failures_add_up_over_the_phases_without_counting_the_growth_baseline_tw
                             floor=RunStats((1.0,), 1.0, failures=1))
     report = BenchReport(fast=(failing, fast()), slow=slow(failures=4), growth=growth())
     assert report.failures == 7
+
+
+def test_cpu_per_goal_is_shown_per_service_and_for_the_broker_beside_the_floors():
+    cpu = {"planner": 0.13, "router": 0.09, "executor": 0.09, "auditor": 0.16, "broker": 0.09}
+    phase = replace(fast(latencies=(300.0,) * 20), cpu_s=cpu, floor_broker_cpu_s=0.003)
+    assert phase.services_cpu_ms_per_goal == pytest.approx(23.5)  # 0.47 s over 20 goals
+    assert phase.cpu_ms_per_goal("broker") == pytest.approx(4.5)
+    assert phase.floor_broker_cpu_ms_per_goal == pytest.approx(1.0)  # 3 ms over the floor's 3 goals
+    found = rows(rendered(BenchReport(fast=(phase,))), "fast path")
+    assert "23.5 ms" in found["CPU per goal: 4 services"]
+    assert "planner 6.5 ms" in found["of which"] and "auditor 8.0 ms" in found["of which"]
+    assert "4.5 ms" in found["CPU per goal: broker"] and "1.0 ms" in found["CPU per goal: broker"]
+
+
+def test_growth_compares_the_services_cpu_per_goal_and_shows_the_brokers_apart():
+    empty = replace(fast(latencies=(300.0,) * 20), cpu_s={"planner": 0.1, "router": 0.1, "executor": 0.1,
+                                                           "auditor": 0.1, "broker": 0.1})
+    later = replace(empty, stored_goals=10_815, cpu_s={**empty.cpu_s, "auditor": 0.15, "broker": 0.2})
+    phase = GrowthPhase(preloaded_goals=10_000, preload_s=125.0, empty=empty, preloaded=later)
+    assert phase.services_cpu_ratio == pytest.approx(1.125)
+    found = rows(rendered(BenchReport(growth=phase)), "growth")
+    assert "1.12×" in found["CPU per goal: 4 services"] or "1.13×" in found["CPU per goal: 4 services"]
+    assert "2.00×" in found["CPU per goal: broker"]
