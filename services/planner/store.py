@@ -7,10 +7,11 @@ in the same write: a redelivered event finds them and republishes the very same 
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from services.planner.planning import Progress
 from shared.events import EVENT_ADAPTER, Event, GoalSpec, Plan, Usage
@@ -18,8 +19,20 @@ from shared.store import Database, DuplicateKeyError
 
 
 class AppliedEvent(BaseModel):
+    """An event the goal has taken in, and the events it emitted, kept as their wire JSON: the
+    goal's document is read and written on every step result, and strings cost next to nothing
+    to decode, validate and encode again, where nested documents cost a walk each time."""
+
     event_id: str
-    outbox: list[dict[str, Any]]
+    outbox: list[str]
+
+    @field_validator("outbox", mode="before")
+    @classmethod
+    def _as_wire(cls, outbox: Any) -> Any:
+        # records stored before the outbox was kept as JSON hold the events as documents
+        if isinstance(outbox, list):
+            return [json.dumps(e, separators=(",", ":")) if isinstance(e, dict) else e for e in outbox]
+        return outbox
 
 
 class GoalRecord(BaseModel):
@@ -46,11 +59,11 @@ class GoalRecord(BaseModel):
     def outbox_for(self, event_id: str) -> list[Event] | None:
         for applied in self.applied:
             if applied.event_id == event_id:
-                return [EVENT_ADAPTER.validate_python(e) for e in applied.outbox]
+                return [EVENT_ADAPTER.validate_json(e) for e in applied.outbox]
         return None
 
     def record(self, event_id: str, outbox: list[Event]) -> None:
-        self.applied.append(AppliedEvent(event_id=event_id, outbox=[e.model_dump(mode="json") for e in outbox]))
+        self.applied.append(AppliedEvent(event_id=event_id, outbox=[e.model_dump_json() for e in outbox]))
 
 
 class PlanStore:

@@ -130,3 +130,26 @@ def test_two_processes_saving_one_goal_version_conflict_instead_of_overwriting(t
 
     saved = asyncio.run(read())
     assert saved.version == 1 and saved.status == f"completed-by-{'ab'[results.index('True')]}"
+
+
+async def test_a_goal_replays_its_outbox_also_from_a_record_stored_before_outboxes_were_json(database):  # noqa: F811
+    from tests.factories import goal_events
+
+    store = PlanStore(database)
+    await store.init()
+    submitted, planned, *_ = goal_events("g-outbox")
+    record = GoalRecord(goal_id="g-outbox", tenant="acme", goal=submitted.goal, submitted_at=NOW)
+    record.record(submitted.id, [planned])
+    assert await store.create(record)
+    stored = await store.get("g-outbox")
+    assert stored is not None and stored.outbox_for(submitted.id) == [planned]
+    assert stored.outbox_for("never-seen") is None
+
+    # a record of an older version keeps each event as a document
+    older = {**record.model_dump(mode="json"), "goal_id": "g-older",
+             "applied": [{"event_id": submitted.id, "outbox": [planned.model_dump(mode="json")]}]}
+    await database["goals"].insert_one({"_id": "g-older", **older})
+    loaded = await store.get("g-older")
+    assert loaded is not None and loaded.outbox_for(submitted.id) == [planned]
+    assert await store.save(loaded)  # and it is written back in the current form
+    assert isinstance((await database["goals"].find_one({"_id": "g-older"}))["applied"][0]["outbox"][0], str)
