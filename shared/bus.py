@@ -156,13 +156,13 @@ class KafkaPublisher:
     async def publish(self, events: Iterable[Event]) -> None:
         """Hand every event to the producer in order (one partition gets them in order), then
         wait for all acknowledgements together: one round trip for a handler's whole outbox."""
-        await self._deliver([(event.topic.value, to_wire(event), event.goal_id, _event_headers(event))
+        await self._deliver([(event.topic.value, to_wire(event), event.goal_id.encode(), _event_headers(event))
                              for event in events])
 
     async def send(self, topic: str, value: bytes, key: bytes | None, headers: dict[str, str]) -> None:
-        await self._deliver([(topic, value, key.decode(errors="replace") if key is not None else None, headers)])
+        await self._deliver([(topic, value, key, headers)])  # a dead letter keeps the original key's bytes
 
-    async def _deliver(self, messages: list[tuple[str, bytes, str | None, dict[str, str]]]) -> None:
+    async def _deliver(self, messages: list[tuple[str, bytes, bytes | None, dict[str, str]]]) -> None:
         producer = self._producer
         if producer is None:
             raise RuntimeError("the publisher is not started")
@@ -173,7 +173,7 @@ class KafkaPublisher:
                                                attributes=_publish_attributes(topic, key, headers))
                 propagate.inject(headers, context=trace.set_span_in_context(span))
                 try:
-                    ack = await producer.send(topic, value, key=key.encode() if key is not None else None,
+                    ack = await producer.send(topic, value, key=key,
                                               headers=[(name, text.encode()) for name, text in headers.items()])
                 except BaseException as exc:
                     _failed(span, exc)
@@ -191,14 +191,14 @@ class KafkaPublisher:
                 span.end()
 
 
-def _publish_attributes(topic: str, key: str | None, headers: dict[str, str]) -> dict[str, str]:
+def _publish_attributes(topic: str, key: bytes | None, headers: dict[str, str]) -> dict[str, str]:
     attributes = {
         SpanAttributes.MESSAGING_SYSTEM: "kafka",
         SpanAttributes.MESSAGING_OPERATION: "publish",
         SpanAttributes.MESSAGING_DESTINATION_NAME: topic,
     }
     if key is not None:
-        attributes[SpanAttributes.MESSAGING_KAFKA_MESSAGE_KEY] = key
+        attributes[SpanAttributes.MESSAGING_KAFKA_MESSAGE_KEY] = key.decode(errors="replace")
     if "ce_id" in headers:
         attributes[SpanAttributes.MESSAGING_MESSAGE_ID] = headers["ce_id"]
     return attributes

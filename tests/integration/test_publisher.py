@@ -97,3 +97,16 @@ async def test_publishing_before_start_is_refused(broker):
     publisher = KafkaPublisher(Settings(kafka_bootstrap=broker.bootstrap), TracerProvider().get_tracer("test"))
     with pytest.raises(RuntimeError, match="not started"):
         await publisher.publish([submitted("g", 0)])
+
+
+async def test_a_dead_letter_keeps_the_original_key_and_value_bytes(broker):
+    provider, _ = tracing()
+    publisher = KafkaPublisher(Settings(kafka_bootstrap=broker.bootstrap), provider.get_tracer("test"))
+    await publisher.start()
+    try:
+        await publisher.send(Topic.GOALS_SUBMITTED.dlq, b"\xff not json", b"\xfe\xff-key", {"goalrail-dlq-code": "X"})
+    finally:
+        await publisher.stop()
+    [record] = await read(broker.bootstrap, Topic.GOALS_SUBMITTED.dlq, 1)
+    assert (record.key, record.value) == (b"\xfe\xff-key", b"\xff not json")
+    assert dict(record.headers)["goalrail-dlq-code"] == b"X"
