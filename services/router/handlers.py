@@ -62,10 +62,9 @@ async def handle(event: Event, deps: RouterDeps) -> list[Event]:
         if closed := await deps.store.close_holds(event.goal_id, event.time):
             log.info("goal %s ended: %d step(s) waiting for approval will not run", event.goal_id, closed)
         return []
-    if isinstance(event, (StepSucceeded, StepFailed)) and deps.store is not None and _learns_from(event):
-        store = deps.store
+    if isinstance(event, (StepSucceeded, StepFailed)) and deps.store is not None:
         try:
-            await handle_once(store.observed, event.id, lambda: _observe(event, store, deps.clock()))
+            await _observe(event, deps.store, deps.clock())
         except Exception:  # noqa: BLE001 — learning is best effort: never dead-letter a valid result
             log.warning("could not learn from %s %s", event.type, event.id, exc_info=True)
     return []
@@ -189,17 +188,18 @@ def _with_detected_pii(event: StepReady, table: RoutingTable) -> tuple[Step, lis
     return step.model_copy(update={"data_classes": [*step.data_classes, PII]}), found[:5]
 
 
-def _learns_from(event: StepSucceeded | StepFailed) -> bool:
-    """Only model calls teach the router something; a tool's result needs no dedupe record."""
+async def _observe(event: StepSucceeded | StepFailed, store: RouterStore, now: float) -> None:
+    """Learn from a model call's result, once per result."""
     binding = event.binding
-    return binding is not None and binding.kind == "model" and binding.model is not None
+    if binding is None or binding.kind != "model" or binding.model is None:
+        return  # only model calls teach the router something: a tool's result needs no dedupe record
+    bound = binding.model
+    await handle_once(store.observed, event.id, lambda: _learn(event, binding, bound, store, now))
 
 
-async def _observe(event: StepSucceeded | StepFailed, store: RouterStore, now: float) -> list[Event]:
-    binding = event.binding
-    if not _learns_from(event) or binding is None or binding.model is None:
-        return []
-    chain = [binding.model, *binding.fallbacks]
+async def _learn(event: StepSucceeded | StepFailed, binding: Binding, bound: str, store: RouterStore,
+                 now: float) -> list[Event]:
+    chain = [bound, *binding.fallbacks]
     stats = await store.stats(chain)
     if isinstance(event, StepSucceeded):
         served = _served_model(event, chain)
