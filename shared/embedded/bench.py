@@ -347,11 +347,16 @@ def cpu_seconds(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
 
 
+def per_process(stack: EmbeddedStack, read: Callable[[int], float | None]) -> dict[str, float]:
+    """`read(pid)` of the broker and each running service, by name, where it gave a figure."""
+    processes = {"broker": stack.broker.process, **stack.processes}
+    figures = {name: read(p.pid) for name, p in processes.items() if p is not None and p.poll() is None}
+    return {name: figure for name, figure in figures.items() if figure is not None}
+
+
 def stack_cpu_s(stack: EmbeddedStack) -> dict[str, float]:
     """CPU seconds used so far by the broker and each service, by name."""
-    processes = {"broker": stack.broker.process, **stack.processes}
-    used = {name: cpu_seconds(p.pid) for name, p in processes.items() if p is not None and p.poll() is None}
-    return {name: seconds for name, seconds in used.items() if seconds is not None}
+    return per_process(stack, cpu_seconds)
 
 
 def cpu_used(before: Mapping[str, float], after: Mapping[str, float]) -> dict[str, float]:
@@ -359,9 +364,7 @@ def cpu_used(before: Mapping[str, float], after: Mapping[str, float]) -> dict[st
 
 
 def stack_peak_rss_mb(stack: EmbeddedStack) -> dict[str, float]:
-    processes = {"broker": stack.broker.process, **stack.processes}
-    peaks = {name: peak_rss_mb(p.pid) for name, p in processes.items() if p is not None and p.poll() is None}
-    return {name: peak for name, peak in peaks.items() if peak is not None}
+    return per_process(stack, peak_rss_mb)
 
 
 # --- the phases -------------------------------------------------------------------------------
