@@ -51,14 +51,19 @@ RETRY_WAIT_S = 0.2  # first wait between tries of a failing handler; doubles, at
 ALL_TOPICS: tuple[str, ...] = tuple(t.value for t in Topic) + tuple(t.dlq for t in Topic)
 
 
+def producer_options(settings: Settings) -> dict[str, Any]:
+    """How every Goalrail producer writes: acknowledged by all replicas, idempotent where the
+    broker supports it (Tansu does not)."""
+    return {"acks": "all", "enable_idempotence": settings.kafka_idempotence}
+
+
 def make_broker(settings: Settings, tracer_provider: TracerProvider | None = None) -> KafkaBroker:
     from faststream.kafka.opentelemetry import KafkaTelemetryMiddleware
 
     middlewares = [KafkaTelemetryMiddleware(tracer_provider=tracer_provider)]
     return KafkaBroker(
         settings.kafka_bootstrap,
-        enable_idempotence=settings.kafka_idempotence,
-        acks="all",
+        **producer_options(settings),
         middlewares=middlewares,
         logger=None,
     )
@@ -141,11 +146,8 @@ class KafkaPublisher:
         self._producer: AIOKafkaProducer | None = None
 
     async def start(self) -> None:
-        self._producer = AIOKafkaProducer(
-            bootstrap_servers=self._settings.kafka_bootstrap,
-            acks="all",
-            enable_idempotence=self._settings.kafka_idempotence,
-        )
+        self._producer = AIOKafkaProducer(bootstrap_servers=self._settings.kafka_bootstrap,
+                                          **producer_options(self._settings))
         await self._producer.start()
 
     async def stop(self) -> None:

@@ -76,8 +76,8 @@ class ServiceRuntime:
         """The broker and a consumer running `handler`, without the app's start-up hooks (tests)."""
         consumer = self.consumer(topics, handler)
         await self.broker.start()
-        await self.publisher.start()
         try:
+            await self.publisher.start()
             await consumer.start()
             try:
                 yield consumer
