@@ -28,6 +28,7 @@ log = logging.getLogger("goalrail.consumer")
 RecordHandler = Callable[[ConsumerRecord], Awaitable[None]]
 
 FETCH_TIMEOUT_MS = 200  # how long one poll waits; the loop also polls while paused (max.poll.interval)
+BACKLOG_POLL_MS = 10  # how long a poll waits while some partitions are paused for their backlog
 COMMIT_INTERVAL_S = 0.05  # commits are batched off the critical path; a crash only means redelivery
 STOP_GRACE_S = 10.0
 BACKLOG_PER_SLOT = 16  # offsets a partition may run ahead of its commit point, per in-flight slot
@@ -112,12 +113,21 @@ class KeyedConsumer:
         assert consumer is not None
         while True:
             self._pause_when_full(consumer)
-            batches = await consumer.getmany(timeout_ms=FETCH_TIMEOUT_MS, max_records=max(self.scheduler.room, 1))
+            batches = await consumer.getmany(timeout_ms=self._poll_timeout_ms(), max_records=max(self.scheduler.room, 1))
             for partition, records in batches.items():
                 for record in records:
                     self.scheduler.submit(Work(_key(record), partition, record.offset, record))
-            if self._paused:
+            if self.scheduler.full:
                 await self.scheduler.wait_for_room(FETCH_TIMEOUT_MS / 1000)
+
+    def _poll_timeout_ms(self) -> int:
+        """How long this poll may wait for records. At the cap nothing can come (every partition
+        is paused): return at once and wait for room instead, or the first free slot would wait
+        for the poll's timeout. With some partitions paused for their backlog, poll briefly: a
+        record finishing may resume them."""
+        if self.scheduler.full:
+            return 0
+        return BACKLOG_POLL_MS if self._paused else FETCH_TIMEOUT_MS
 
     def _pause_when_full(self, consumer: AIOKafkaConsumer) -> None:
         """At the cap, fetch nothing more (but keep polling, so the group keeps this member);
