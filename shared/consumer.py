@@ -52,7 +52,6 @@ class KeyedConsumer:
         self.scheduler = KeyedScheduler(self._process, max_in_flight or settings.max_in_flight)
         self._consumer: AIOKafkaConsumer | None = None
         self._tasks: list[asyncio.Task[None]] = []
-        self._paused = False
         self._backlog_limit = BACKLOG_PER_SLOT * self.scheduler.max_in_flight
 
     async def start(self) -> None:
@@ -112,31 +111,33 @@ class KeyedConsumer:
         consumer = self._consumer
         assert consumer is not None
         while True:
-            self._pause_when_full(consumer)
-            batches = await consumer.getmany(timeout_ms=self._poll_timeout_ms(), max_records=max(self.scheduler.room, 1))
+            paused = self._pause_when_full(consumer)
+            batches = await consumer.getmany(timeout_ms=self._poll_timeout_ms(paused),
+                                             max_records=max(self.scheduler.room, 1))
             for partition, records in batches.items():
                 for record in records:
                     self.scheduler.submit(Work(_key(record), partition, record.offset, record))
             if self.scheduler.full:
                 await self.scheduler.wait_for_room(FETCH_TIMEOUT_MS / 1000)
 
-    def _poll_timeout_ms(self) -> int:
+    def _poll_timeout_ms(self, paused: bool) -> int:
         """How long this poll may wait for records. At the cap nothing can come (every partition
         is paused): return at once and wait for room instead, or the first free slot would wait
         for the poll's timeout. With some partitions paused for their backlog, poll briefly: a
         record finishing may resume them."""
         if self.scheduler.full:
             return 0
-        return BACKLOG_POLL_MS if self._paused else FETCH_TIMEOUT_MS
+        return BACKLOG_POLL_MS if paused else FETCH_TIMEOUT_MS
 
-    def _pause_when_full(self, consumer: AIOKafkaConsumer) -> None:
+    def _pause_when_full(self, consumer: AIOKafkaConsumer) -> bool:
         """At the cap, fetch nothing more (but keep polling, so the group keeps this member);
-        a partition whose commit point lags too far behind what was fetched waits as well."""
+        a partition whose commit point lags too far behind what was fetched waits as well.
+        True when any partition is paused."""
         assigned = consumer.assignment()
         paused = assigned if self.scheduler.full else assigned & self.scheduler.backlogged(self._backlog_limit)
         consumer.resume(*(assigned - paused))
         consumer.pause(*paused)
-        self._paused = bool(paused)
+        return bool(paused)
 
     async def _process(self, record: ConsumerRecord) -> None:
         parent = propagate.extract(_text_headers(record))

@@ -17,7 +17,7 @@ def _consumer(max_in_flight: int) -> KeyedConsumer:
 
 
 async def test_poll_waits_for_records_when_nothing_is_paused() -> None:
-    assert _consumer(2)._poll_timeout_ms() == FETCH_TIMEOUT_MS
+    assert _consumer(2)._poll_timeout_ms(paused=False) == FETCH_TIMEOUT_MS
 
 
 async def test_poll_returns_at_once_at_the_cap() -> None:
@@ -25,11 +25,9 @@ async def test_poll_returns_at_once_at_the_cap() -> None:
     for offset in range(2):
         consumer.scheduler.submit(Work(f"goal-{offset}", "p0", offset, None))
     assert consumer.scheduler.full
-    assert consumer._poll_timeout_ms() == 0
+    assert consumer._poll_timeout_ms(paused=True) == 0
     await consumer.scheduler.close()
 
 
 async def test_poll_is_brief_while_a_partition_waits_for_its_backlog() -> None:
-    consumer = _consumer(4)
-    consumer._paused = True  # as _pause_when_full leaves it when a partition is backlogged
-    assert consumer._poll_timeout_ms() == BACKLOG_POLL_MS < FETCH_TIMEOUT_MS
+    assert _consumer(4)._poll_timeout_ms(paused=True) == BACKLOG_POLL_MS < FETCH_TIMEOUT_MS
