@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from shared.governance.pii import detect, find_in_value, redact, redact_text, redact_value
+from shared.governance.pii import _findings, detect, find_in_value, redact, redact_text, redact_value
 
 
 def kinds(text: str) -> list[str]:
@@ -99,3 +99,32 @@ def test_digit_runs_inside_identifiers_are_not_cards():
     for identifier in ("goal-ab4111111111111111cd", "plan_4111111111111111x", "x4111 1111 1111 1111"):
         assert [f.kind for f in detect(identifier) if f.kind == "card"] == [], identifier
     assert [f.kind for f in detect("card: 4111 1111 1111 1111.")] == ["card"]
+
+
+def test_remembered_findings_are_those_of_a_fresh_check():
+    texts = ["call (415) 555-0132, mail jane@acme.example", "task type summarise: cheapest of 1 at 0.0012",
+             "2026-12-04T22:15:39.601501Z", "paid with 4111 1111 1111 1111"]
+    for allowed in ((), ("phone",), ("email", "card"), ("pii",)):
+        first = [detect(text, allowed) for text in texts]
+        _findings.cache_clear()
+        fresh = [detect(text, allowed) for text in texts]
+        assert first == fresh
+        assert [detect(text, allowed) for text in texts] == fresh
+
+
+def test_each_set_of_allowed_classes_is_remembered_apart():
+    text = "mail jane@acme.example or call (415) 555-0132"
+    assert kinds_of(detect(text)) == ["email", "phone"]
+    assert kinds_of(detect(text, ["email"])) == ["phone"]
+    assert kinds_of(detect(text, ["pii"])) == []
+    assert kinds_of(detect(text)) == ["email", "phone"]
+
+
+def test_a_caller_changing_its_findings_does_not_change_the_next_answer():
+    text = "call (415) 555-0132 after lunch"
+    detect(text).clear()
+    assert kinds_of(detect(text)) == ["phone"]
+
+
+def kinds_of(findings) -> list[str]:
+    return [f.kind for f in findings]
