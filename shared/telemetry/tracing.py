@@ -13,13 +13,13 @@ from contextlib import contextmanager
 from typing import Any
 
 from opentelemetry import trace
+from opentelemetry.sdk.environment_variables import OTEL_TRACES_SAMPLER
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON, ParentBased, Sampler
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
-SAMPLER_ENV = "OTEL_TRACES_SAMPLER"
 current_goal_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("goal_id", default=None)
 
 
@@ -47,7 +47,7 @@ def _sampler(otlp_endpoint: str | None) -> Sampler | None:
     one costs tens of microseconds, a tenth of a service's CPU at about 60 spans per goal. With
     an exporter every span is kept, also under a parent that a non-exporting process dropped.
     OTEL_TRACES_SAMPLER, when set, decides instead (None: the SDK reads it)."""
-    if os.environ.get(SAMPLER_ENV):
+    if os.environ.get(OTEL_TRACES_SAMPLER):
         return None
     if not otlp_endpoint:
         return ALWAYS_OFF

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import pytest
 from opentelemetry import propagate, trace
+from opentelemetry.sdk.environment_variables import OTEL_TRACES_SAMPLER
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from shared.telemetry.tracing import SAMPLER_ENV, _sampler, current_trace_id, setup_tracing
+from shared.telemetry.tracing import _sampler, current_trace_id, setup_tracing
 
 UNSAMPLED_PARENT = {"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00"}
 PARENT_TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
@@ -17,7 +18,7 @@ PARENT_TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
 
 @pytest.fixture(autouse=True)
 def no_sampler_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(SAMPLER_ENV, raising=False)
+    monkeypatch.delenv(OTEL_TRACES_SAMPLER, raising=False)
 
 
 def test_without_an_exporter_no_span_is_recorded_but_the_trace_goes_on() -> None:
@@ -55,7 +56,7 @@ def test_with_an_exporter_spans_are_kept_under_a_parent_that_was_dropped() -> No
 
 
 def test_a_sampler_set_in_the_environment_decides(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(SAMPLER_ENV, "always_on")
+    monkeypatch.setenv(OTEL_TRACES_SAMPLER, "always_on")
     assert _sampler(None) is None  # the SDK reads OTEL_TRACES_SAMPLER itself
     tracer = setup_tracing("router", None, make_global=False).get_tracer("test")
     with tracer.start_as_current_span("steps.ready process") as span:
