@@ -95,7 +95,7 @@ async def publish(broker: KafkaBroker, events: Iterable[Event]) -> None:
             to_wire(event),
             topic=event.topic.value,
             key=event.goal_id.encode(),
-            headers=_event_headers(event),
+            headers=event_headers(event),
             no_confirm=True,
         )
         for event in events
@@ -105,8 +105,17 @@ async def publish(broker: KafkaBroker, events: Iterable[Event]) -> None:
         await asyncio.gather(*acks)
 
 
-def _event_headers(event: Event) -> dict[str, str]:
-    return {"ce_type": event.type, "ce_id": event.id, "content-type": "application/json"}
+BINDING_KIND_HEADER = "goalrail-binding-kind"
+
+
+def event_headers(event: Event) -> dict[str, str]:
+    headers = {"ce_type": event.type, "ce_id": event.id, "content-type": "application/json"}
+    binding = getattr(event, "binding", None)
+    if binding is not None:
+        # lets a consumer that only cares about model calls (the router's learning) pass a
+        # tool's result by without parsing it
+        headers[BINDING_KIND_HEADER] = binding.kind
+    return headers
 
 
 class EventSink(Protocol):
@@ -158,7 +167,7 @@ class KafkaPublisher:
     async def publish(self, events: Iterable[Event]) -> None:
         """Hand every event to the producer in order (one partition gets them in order), then
         wait for all acknowledgements together: one round trip for a handler's whole outbox."""
-        await self._deliver([(event.topic.value, to_wire(event), event.goal_id.encode(), _event_headers(event))
+        await self._deliver([(event.topic.value, to_wire(event), event.goal_id.encode(), event_headers(event))
                              for event in events])
 
     async def send(self, topic: str, value: bytes, key: bytes | None, headers: dict[str, str]) -> None:

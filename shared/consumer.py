@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
@@ -26,6 +26,8 @@ from shared.settings import Settings
 log = logging.getLogger("goalrail.consumer")
 
 RecordHandler = Callable[[ConsumerRecord], Awaitable[None]]
+# judged from a record's topic and text headers before it is parsed: False = nothing to do here
+RecordFilter = Callable[[str, Mapping[str, str]], bool]
 
 FETCH_TIMEOUT_MS = 200  # how long one poll waits; the loop also polls while paused (max.poll.interval)
 BACKLOG_POLL_MS = 10  # how long a poll waits while some partitions are paused for their backlog
@@ -43,8 +45,10 @@ class KeyedConsumer:
         handle: RecordHandler,
         tracer: trace.Tracer,
         max_in_flight: int | None = None,
+        wants: RecordFilter | None = None,
     ) -> None:
         self._settings = settings
+        self._wants = wants
         self._group_id = group_id
         self._topics = list(topics)
         self._handle = handle
@@ -116,7 +120,10 @@ class KeyedConsumer:
                                              max_records=max(self.scheduler.room, 1))
             for partition, records in batches.items():
                 for record in records:
-                    self.scheduler.submit(Work(_key(record), partition, record.offset, record))
+                    if self._wants is None or self._wants(record.topic, _text_headers(record)):
+                        self.scheduler.submit(Work(_key(record), partition, record.offset, record))
+                    else:
+                        self.scheduler.skip(partition, record.offset)
             if self.scheduler.full:
                 await self.scheduler.wait_for_room(FETCH_TIMEOUT_MS / 1000)
 

@@ -126,6 +126,14 @@ class KeyedScheduler:
         if work.key not in self._workers:
             self._workers[work.key] = asyncio.get_running_loop().create_task(self._drain_key(work.key))
 
+    def skip(self, partition: Hashable, offset: int) -> None:
+        """A record with nothing to do here: finished as soon as it is fetched. Its offset is
+        committed with the others, never before an unfinished one of its partition."""
+        tracker = self._trackers.setdefault(partition, OffsetTracker())
+        tracker.add(offset)
+        tracker.finish(offset)
+        self.progressed.set()
+
     async def _drain_key(self, key: Hashable) -> None:
         queue = self._queues[key]
         try:

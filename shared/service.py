@@ -15,7 +15,7 @@ from faststream import FastStream
 from opentelemetry import trace
 
 from shared.bus import ConsumeGuard, EventSink, Handler, KafkaPublisher, ensure_topics, make_broker
-from shared.consumer import KeyedConsumer
+from shared.consumer import KeyedConsumer, RecordFilter
 from shared.events import Topic
 from shared.settings import Settings
 from shared.telemetry.tracing import configure_logging, setup_tracing
@@ -38,17 +38,20 @@ class ServiceRuntime:
     def guard(self, handler: Handler, sink: EventSink | None = None) -> ConsumeGuard:
         return ConsumeGuard(sink or self.publisher, self.name, handler, self.settings.handler_attempts)
 
-    def consumer(self, topics: Sequence[Topic], handler: Handler) -> KeyedConsumer:
-        """This service's group member: goals side by side, each goal's events in order."""
-        return KeyedConsumer(self.settings, self.name, [t.value for t in topics], self.guard(handler), self.tracer)
+    def consumer(self, topics: Sequence[Topic], handler: Handler, wants: RecordFilter | None = None) -> KeyedConsumer:
+        """This service's group member: goals side by side, each goal's events in order; records
+        `wants` refuses are committed unparsed."""
+        return KeyedConsumer(self.settings, self.name, [t.value for t in topics], self.guard(handler), self.tracer,
+                             wants=wants)
 
     def app(
         self,
         topics: Sequence[Topic],
         handler: Handler,
         on_startup: Sequence[Callable[[], Awaitable[None]]] = (),
+        wants: RecordFilter | None = None,
     ) -> FastStream:
-        consumer = self.consumer(topics, handler)
+        consumer = self.consumer(topics, handler, wants)
 
         async def start() -> None:
             await ensure_topics(self.settings.kafka_bootstrap, self.settings.kafka_partitions)
@@ -72,9 +75,10 @@ class ServiceRuntime:
                           after_shutdown=[flush_traces], logger=None)
 
     @contextlib.asynccontextmanager
-    async def serving(self, topics: Sequence[Topic], handler: Handler) -> AsyncIterator[KeyedConsumer]:
+    async def serving(self, topics: Sequence[Topic], handler: Handler,
+                      wants: RecordFilter | None = None) -> AsyncIterator[KeyedConsumer]:
         """The broker and a consumer running `handler`, without the app's start-up hooks (tests)."""
-        consumer = self.consumer(topics, handler)
+        consumer = self.consumer(topics, handler, wants)
         await self.broker.start()
         try:
             await self.publisher.start()

@@ -9,7 +9,7 @@ from functools import partial
 
 from faststream import FastStream
 
-from services.router.handlers import RouterDeps, handle
+from services.router.handlers import RouterDeps, handle, wants
 from services.router.prices import litellm_price
 from services.router.routing import load_routing_table
 from services.router.store import RouterStore
@@ -32,4 +32,4 @@ def create_app(settings: Settings) -> FastStream:
         tool_effects=effects, approval_amount_usd=settings.approval_amount_usd,
     )
     topics = [Topic.STEPS_READY, Topic.STEPS_RESULTS, Topic.APPROVALS_DECIDED, Topic.PLANS_EVENTS]
-    return runtime.app(topics, partial(handle, deps=deps), on_startup=[store.init])
+    return runtime.app(topics, partial(handle, deps=deps), on_startup=[store.init], wants=wants)

@@ -14,6 +14,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 from services.router.approvals import approval_reason
 from services.router.routing import BudgetState, ModelStats, Pricer, RoutingError, RoutingTable, choose, table_price
 from services.router.store import RouterStore
+from shared.bus import BINDING_KIND_HEADER
 from shared.events import (
     ApprovalDecided,
     ApprovalRequested,
@@ -26,6 +27,7 @@ from shared.events import (
     StepFailed,
     StepReady,
     StepSucceeded,
+    Topic,
     TypedError,
     approval_id_for,
     step_event_id,
@@ -50,6 +52,25 @@ class RouterDeps:
     clock: Callable[[], float] = field(default=time.time)
     tool_effects: Mapping[str, str] = field(default_factory=dict)  # tool name -> side-effect class
     approval_amount_usd: float | None = None
+
+
+PLAN_FINISHED = PlanFinished.model_fields["type"].default
+
+
+def wants(topic: str, headers: Mapping[str, str]) -> bool:
+    """Whether a record can change anything here, judged from its headers before it is parsed:
+    of the plan events only a finished plan closes holds, and of the step results only a model
+    call's teaches (see `_observe`). Half of what the router reads is neither, and parsing it
+    cost the router's hot path; a record without the headers is parsed as before. What is passed
+    by here is still validated (and dead-lettered if bad) by the auditor, which reads it too."""
+    kind = headers.get("ce_type")
+    if kind is None:
+        return True
+    if topic == Topic.PLANS_EVENTS:
+        return kind == PLAN_FINISHED
+    if topic == Topic.STEPS_RESULTS:
+        return headers.get(BINDING_KIND_HEADER) != "tool"
+    return True
 
 
 async def handle(event: Event, deps: RouterDeps) -> list[Event]:

@@ -30,7 +30,7 @@ import sys
 import time
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from pathlib import Path
 
 import pytest
@@ -74,7 +74,8 @@ async def produce(bootstrap: str, placed: Iterable[tuple[int, GoalSubmitted]]) -
     await producer.start()
     try:
         placed = list(placed)
-        pending = [await producer.send(TOPIC, to_wire(event), key=event.goal_id.encode(), partition=partition)
+        pending = [await producer.send(TOPIC, to_wire(event), key=event.goal_id.encode(), partition=partition,
+                                       headers=[("ce_id", event.id.encode())])
                    for partition, event in placed]
         metadata = await asyncio.gather(*pending)
     finally:
@@ -227,6 +228,38 @@ async def test_the_commit_never_passes_an_event_that_is_still_running(broker):
         assert probe.by_goal["stuck"] == ["stuck:submitted:0", "stuck:submitted:1"]
 
     assert probe.calls == Counter({event_id: 1 for event_id in published})
+
+
+async def test_records_the_service_does_not_want_are_committed_unhandled_but_never_past_a_running_one(broker):
+    # partition 0: a held event, then records the filter refuses (before and after the held
+    # goal's next event), then a wanted one
+    layout = [("skip", 0), ("held", 0), ("skip", 1), ("held", 1), ("skip", 2), ("other", 0)]
+    published = await produce(broker.bootstrap, [(0, submitted(goal, seq)) for goal, seq in layout])
+    held_offset, end = published["held:submitted:0"][1], published.end_offsets()[0]
+    refused = {event_id for event_id in published if event_id.startswith("skip:")}
+    seen_headers: list[dict[str, str]] = []
+
+    def wants(topic: str, headers: Mapping[str, str]) -> bool:
+        seen_headers.append(dict(headers))
+        return headers["ce_id"] not in refused
+
+    probe = Probe(published, hold={"held:submitted:0"})
+    group = group_name("skip")
+    runtime = ServiceRuntime(group, settings_for(broker.bootstrap))
+
+    async with runtime.serving([Topic.GOALS_SUBMITTED], probe, wants=wants):
+        await eventually(lambda: "other:submitted:0" in probe.finished, 30, "the wanted event after the refused ones")
+        await eventually(lambda: _at_least(committed(broker.bootstrap, group), 0, held_offset), 10,
+                         f"a commit of partition 0 up to {held_offset}")
+        for _ in range(4):  # refused records after the held one finish at once, yet do not move the commit
+            assert (await committed(broker.bootstrap, group)).get(0) == held_offset
+            await asyncio.sleep(0.25)
+        probe.release.set()
+        await eventually(lambda: _at_least(committed(broker.bootstrap, group), 0, end), 10, f"committed reaches {end}")
+
+    assert probe.calls == Counter({event_id: 1 for event_id in published if event_id not in refused})
+    assert probe.by_goal["held"] == ["held:submitted:0", "held:submitted:1"]
+    assert {h["ce_id"] for h in seen_headers} == set(published)
 
 
 async def _at_least(offsets: Awaitable[dict[int, int]], partition: int, least: int) -> bool:

@@ -91,6 +91,7 @@ async def test_valid_event_reaches_the_handler_and_its_events_are_published():
     assert out.raw_message.key == b"goal-7"
     assert out.headers["ce_type"] == "goalrail.step.dispatched"
     assert out.headers["ce_id"] == "goal-7:s:1:dispatched"
+    assert out.headers["goalrail-binding-kind"] == "tool"  # the router passes a tool's result by on it
     assert harness.seen["steps.ready.dlq"] == [] and harness.seen["events.rejected"] == []
 
 

@@ -121,6 +121,28 @@ async def test_the_commit_point_never_passes_an_unfinished_offset():
     assert scheduler.commit_points() == {}  # reported once
 
 
+async def test_a_skipped_record_is_committed_but_never_past_an_unfinished_one():
+    handler = Gated()
+    scheduler = KeyedScheduler(handler, max_in_flight=10)
+    scheduler.skip("p0", 0)  # nothing to do: committed at once
+    assert scheduler.progressed.is_set()
+    assert scheduler.commit_points() == {"p0": 1}
+    scheduler.submit(work("a", 1))
+    scheduler.skip("p0", 2)
+    scheduler.submit(work("a", 3))
+    scheduler.skip("p0", 4)
+    await settle()
+    assert scheduler.held == 2  # skipped records take no slot
+    assert scheduler.commit_points() == {}  # offset 1 still runs
+    handler.release(1)
+    await settle()
+    assert scheduler.commit_points() == {"p0": 3}  # 3 runs now
+    handler.release(3)
+    await settle()
+    assert scheduler.commit_points() == {"p0": 5}
+    assert handler.started == [1, 3]
+
+
 async def test_commit_points_are_per_partition():
     handler = Gated()
     scheduler = KeyedScheduler(handler, max_in_flight=10)

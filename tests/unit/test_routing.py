@@ -6,9 +6,25 @@ import uuid
 
 import pytest
 
-from services.router.handlers import RouterDeps, handle
+from services.router.handlers import RouterDeps, handle, wants
+from services.router.store import RouterStore
+from shared.bus import event_headers
 from services.router.routing import RoutingError, RoutingTable, choose, load_routing_table
-from shared.events import ErrorCode, GoalSpec, GoalSubmitted, Step, StepDispatched, StepFailed, StepReady
+from shared.events import (
+    Binding,
+    ErrorCode,
+    GoalSpec,
+    GoalSubmitted,
+    Plan,
+    PlanCreated,
+    PlanFinished,
+    Step,
+    StepDispatched,
+    StepFailed,
+    StepReady,
+    StepSucceeded,
+    TypedError,
+)
 from shared.settings import CONFIG_DIR
 from shared.store import open_database
 
@@ -142,3 +158,53 @@ async def test_handler_decides_once_per_event(deps):
 async def test_handler_ignores_other_events(deps):
     root = GoalSubmitted(goal_id="g", tenant="acme", goal=GoalSpec(text="abc", requester="r"))
     assert await handle(root, deps) == []
+
+
+# --- what the router passes by unparsed -----------------------------------------------------------
+
+
+def results_and_plan_events() -> dict[str, object]:
+    root = GoalSubmitted(id="g:submitted", goal_id="g", tenant="acme", goal=GoalSpec(text="abc", requester="r"))
+    tool = Binding(kind="tool", tool="noop.echo", reason="r")
+    model = Binding(kind="model", model="goalrail/offline-writer", reason="r")
+    error = TypedError(code=ErrorCode.UPSTREAM_ERROR, message="down", retryable=True)
+
+    def result(cls, kind, binding, **fields):
+        return root.derive(cls, f"g:s:1:{kind}", "executor", plan_id="g:plan", step_id="s", attempt=1,
+                           binding=binding, **fields)
+
+    return {
+        "plan created": root.derive(PlanCreated, "g:plan:created", "planner", goal_text="abc",
+                                    plan=Plan(plan_id="g:plan", source="playbook:p", steps=[Step(id="s", task_type="extract",
+                                                                                     tool="noop.echo")])),
+        "plan finished": root.derive(PlanFinished, "g:plan:finished", "planner", plan_id="g:plan",
+                                     status="completed", submitted_at=root.time),
+        "tool succeeded": result(StepSucceeded, "succeeded", tool, output={}),
+        "tool failed": result(StepFailed, "failed", tool, error=error),
+        "model succeeded": result(StepSucceeded, "succeeded", model, output={"text": "t"}),
+        "model failed": result(StepFailed, "failed", model, error=error),
+        "refused, no binding": result(StepFailed, "failed", None, error=error),
+        "ready": ready(Step(id="s", task_type="summarise", instruction="sum")),
+    }
+
+
+def test_the_router_passes_by_plan_events_but_the_finish_and_results_of_tools_from_their_headers():
+    wanted = {name: wants(event.topic.value, event_headers(event)) for name, event in results_and_plan_events().items()}
+    assert wanted == {"plan created": False, "plan finished": True, "tool succeeded": False, "tool failed": False,
+                      "model succeeded": True, "model failed": True, "refused, no binding": True, "ready": True}
+    assert wants("steps.results", {}) and wants("plans.events", {})  # no headers: parsed, judged by the handler
+
+
+async def test_what_the_router_passes_by_would_have_changed_nothing():
+    database = open_database("memory://", f"router_{uuid.uuid4().hex}")
+    store = RouterStore(database)
+    deps = RouterDeps(decisions=store.decisions, table=TABLE, store=store)
+    passed_by = [e for e in results_and_plan_events().values() if not wants(e.topic.value, event_headers(e))]
+    assert passed_by
+    for event in passed_by:
+        assert await handle(event, deps) == []
+    for name in ("decisions", "observed", "model_stats", "spend", "holds"):
+        assert await database[name].count_documents({}) == 0, name
+    # while a model's result, which the router reads, does change them
+    await handle(results_and_plan_events()["model succeeded"], deps)
+    assert await database["model_stats"].count_documents({}) == 1
