@@ -91,6 +91,31 @@ async def test_plan_store_creates_once_saves_only_unchanged_records_and_finds_ov
     assert len(await store.overdue(now, limit=1)) == 1
 
 
+async def test_plan_store_hands_out_the_record_it_last_wrote_once_and_a_write_elsewhere_makes_it_conflict(database):
+    store, replica = PlanStore(database), PlanStore(database)
+    await store.init()
+    record = goal_record("g1")
+    assert await store.create(record)
+    kept = await store.get("g1")
+    assert kept is record  # kept from the write: no read
+    assert (await store.get("g1")) is not record  # handed out once: the next caller reads its own copy
+    kept.replans = 1
+    assert await store.save(kept) and await store.get("g1") is kept
+
+    # another writer (a replica that had the goal during a rebalance) changes it meanwhile
+    theirs = await replica.get("g1")
+    theirs.retries = 7
+    assert await replica.save(theirs)
+    kept.retries = 1
+    assert await store.save(kept) is False  # the kept record was stale: its conditional write fails
+    fresh = await store.get("g1")
+    assert fresh is not kept and (fresh.version, fresh.retries) == (2, 7)
+
+    fresh.status = "completed"  # an ended goal is not kept
+    assert await store.save(fresh)
+    assert (await store.get("g1")) is not fresh
+
+
 # --- router ---------------------------------------------------------------------------------
 
 
