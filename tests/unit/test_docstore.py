@@ -472,7 +472,8 @@ async def fill_repositories(url: str, other_goals: int) -> dict[str, int]:
     await count("latest plan", AUDIT_DATABASE, lambda: audit.latest_plan("probe"))
     await count("outbox of", AUDIT_DATABASE, lambda: audit.outbox_of("probe:plan"))
     await count("flags", AUDIT_DATABASE, lambda: audit.flags("probe"))
-    await count("goal", "goalrail_planner", lambda: plans.get("probe"))
+    # a planner that did not write the goal itself (a restart, another replica) reads it
+    await count("goal", "goalrail_planner", lambda: PlanStore(open_database(url, "goalrail_planner")).get("probe"))
     await count("overdue", "goalrail_planner", lambda: plans.overdue(NOW.timestamp()))
     await count("held", "goalrail_router", lambda: router.held("probe:hold"))
     await count("close holds", "goalrail_router", lambda: router.close_holds("probe", NOW))
