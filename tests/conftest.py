@@ -25,9 +25,10 @@ class RunningStack(NamedTuple):
 
 @pytest.fixture
 def broker(tmp_path: Path) -> Iterator[Broker]:
-    """A fresh Tansu broker (memory storage) with Goalrail's topics, on a free loopback port."""
+    """A fresh Tansu broker (memory storage) with Goalrail's topics, on a free loopback port; four
+    partitions each, as in production, since the consumer tests spread goals over partitions."""
     kafka = Broker(tmp_path / "broker.log")
-    asyncio.run(kafka.start())
+    asyncio.run(kafka.start(partitions=4))
     try:
         yield kafka
     finally:
