@@ -146,6 +146,9 @@ class Database:
             except BaseException:
                 if connection.in_transaction:
                     connection.execute("ROLLBACK")
+                # what this transaction created (a collection, an index) is gone with it: read the
+                # schema again rather than believe the cache
+                self._schema_version = None
                 raise
             connection.execute("COMMIT")
 
