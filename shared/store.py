@@ -15,17 +15,24 @@ load each hand-over waited for the GIL (up to its 5 ms switch interval), which m
 store call of a busy service slow. Each service writes its own database file, so a call waits
 for another process's write lock only in the rare moments two processes write one file (a
 CLI command, a second replica), and then for at most SQLite's busy timeout.
+
+Concurrent handlers' `insert_one` calls on one collection are written together: the calls made
+within a turn of the event loop become one `insert_many`, one SQLite transaction instead of one
+each (a commit was the largest single cost of the auditor, which writes every event). Each
+caller still returns only once its own document is stored, or gets its own DuplicateKeyError.
 """
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import threading
 from pathlib import Path
 from typing import Any, Protocol
 
 from pymongo import ReturnDocument
-from pymongo.errors import DuplicateKeyError
+from pymongo.errors import BulkWriteError, DuplicateKeyError, WriteError
+from pymongo.results import InsertOneResult
 
 from shared import docstore
 
@@ -74,7 +81,6 @@ class _AsyncCollection:
     """pymongo's async collection API over a synchronous docstore collection."""
 
     _ASYNC_METHODS = {
-        "insert_one",
         "insert_many",
         "find_one",
         "find_one_and_update",
@@ -91,6 +97,42 @@ class _AsyncCollection:
 
     def __init__(self, collection: Any) -> None:
         self._collection = collection
+        self._inserts: list[tuple[dict[str, Any], asyncio.Future[InsertOneResult]]] = []
+
+    async def insert_one(self, document: dict[str, Any], **options: Any) -> InsertOneResult:
+        """Stored together with the other inserts of this turn of the event loop (see above)."""
+        if options:
+            return self._collection.insert_one(document, **options)
+        loop = asyncio.get_running_loop()
+        stored: asyncio.Future[InsertOneResult] = loop.create_future()
+        self._inserts.append((document, stored))
+        if len(self._inserts) == 1:
+            loop.call_soon(self._write_inserts)
+        return await stored
+
+    def _write_inserts(self) -> None:
+        batch, self._inserts = self._inserts, []
+        if len(batch) == 1:
+            _settle_alone(self._collection, *batch[0])
+            return
+        try:
+            self._collection.insert_many([document for document, _ in batch], ordered=False)
+            refused: dict[int, dict[str, Any]] = {}
+        except BulkWriteError as exc:
+            refused = {error["index"]: error for error in exc.details.get("writeErrors", [])}
+        except Exception:  # noqa: BLE001 — one bad document must not fail the others: each alone
+            for document, stored in batch:
+                _settle_alone(self._collection, document, stored)
+            return
+        for index, (document, stored) in enumerate(batch):
+            if stored.done():  # its caller was cancelled
+                continue
+            error = refused.get(index)
+            if error is None:
+                stored.set_result(InsertOneResult(document["_id"], True))
+            else:
+                kind = DuplicateKeyError if error.get("code") == DUPLICATE_KEY else WriteError
+                stored.set_exception(kind(str(error.get("errmsg")), error.get("code"), error))
 
     def find(self, *args: Any, **kwargs: Any) -> _AsyncCursor:
         return _AsyncCursor(lambda: self._collection.find(*args, **kwargs))
@@ -105,6 +147,18 @@ class _AsyncCollection:
 
         setattr(self, name, call)  # made once per method: every store call comes through here
         return call
+
+
+DUPLICATE_KEY = 11000
+
+
+def _settle_alone(collection: Any, document: dict[str, Any], stored: asyncio.Future[InsertOneResult]) -> None:
+    if stored.done():
+        return
+    try:
+        stored.set_result(collection.insert_one(document))
+    except Exception as exc:  # noqa: BLE001 — the caller's own failure, raised where it awaits
+        stored.set_exception(exc)
 
 
 class _AsyncDatabase:

@@ -6,7 +6,6 @@ two writers that race for the same place in a chain collide instead of forking i
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -14,21 +13,15 @@ from typing import Any
 import yaml
 from pymongo import ASCENDING, DESCENDING
 
-from pymongo.errors import BulkWriteError, WriteError
-
 from services.auditor.audit import AuditRecord, PolicyFlag
 from shared.events import EVENT_ADAPTER, Event
 from shared.store import Database, DuplicateKeyError
-
-DUPLICATE_KEY = 11000
 
 
 class AuditStore:
     def __init__(self, database: Database) -> None:
         self._records = database["audit"]
         self._flags = database["policy_flags"]
-        self._appends: list[tuple[dict[str, Any], asyncio.Future[bool]]] = []
-        self._writers: set[asyncio.Task[None]] = set()  # a reference keeps each batch's task alive
 
     async def init(self) -> None:
         await self._records.create_index([("goal_id", ASCENDING), ("seq", ASCENDING)], unique=True)
@@ -74,48 +67,11 @@ class AuditStore:
             "event": record.event,
             "outbox": [e.model_dump(mode="json") for e in outbox],
         }
-        return await self._append(document)
-
-    async def _append(self, document: dict[str, Any]) -> bool:
-        """The appends of the handlers that get here within the same turn of the event loop (and
-        the next) are written together by one insert_many: one transaction instead of one each,
-        which was a seventh of the auditor's CPU. Each caller still returns only once its own
-        record is stored (True) or refused as a duplicate (False), so no offset is committed
-        before its record."""
-        loop = asyncio.get_running_loop()
-        stored: asyncio.Future[bool] = loop.create_future()
-        self._appends.append((document, stored))
-        if len(self._appends) == 1:
-            loop.call_soon(self._start_writing)
-        return await stored
-
-    def _start_writing(self) -> None:
-        writer = asyncio.get_running_loop().create_task(self._write_appends())
-        self._writers.add(writer)
-        writer.add_done_callback(self._writers.discard)
-
-    async def _write_appends(self) -> None:
-        batch, self._appends = self._appends, []
-        refused: dict[int, dict[str, Any]] = {}
         try:
-            await self._records.insert_many([document for document, _ in batch], ordered=False)
-        except BulkWriteError as exc:
-            refused = {error["index"]: error for error in exc.details.get("writeErrors", [])}
-        except Exception as exc:  # noqa: BLE001 — every waiting handler fails (and is retried)
-            for _, stored in batch:
-                if not stored.done():
-                    stored.set_exception(exc)
-            return
-        for index, (_, stored) in enumerate(batch):
-            error = refused.get(index)
-            if stored.done():
-                continue
-            if error is None:
-                stored.set_result(True)
-            elif error.get("code") == DUPLICATE_KEY:
-                stored.set_result(False)
-            else:
-                stored.set_exception(WriteError(str(error.get("errmsg")), error.get("code")))
+            await self._records.insert_one(document)
+        except DuplicateKeyError:
+            return False
+        return True
 
     async def records(self, goal_id: str) -> list[AuditRecord]:
         documents = await self._records.find({"goal_id": goal_id}, sort=[("seq", ASCENDING)]).to_list()

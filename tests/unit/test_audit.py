@@ -3,8 +3,6 @@ repository and handler on an in-memory store."""
 
 from __future__ import annotations
 
-import asyncio
-
 from datetime import datetime, timedelta, timezone
 
 from services.auditor.audit import GENESIS, chain, first_broken_link, outcome_for, record_hash
@@ -180,38 +178,6 @@ async def test_store_refuses_a_second_record_at_the_same_place(audit_store):
     assert await audit_store.append(first, []) is True
     assert await audit_store.append(rival, []) is False
     assert [r.event_id for r in await audit_store.records("g")] == ["g:submitted"]
-
-
-async def test_appends_made_at_once_are_written_together_and_each_learns_its_own_fate(audit_store, monkeypatch):
-    records = audit_store._records
-    writes: list[int] = []
-    insert_many = records.insert_many
-
-    async def counted(documents, **options):
-        writes.append(len(documents))
-        return await insert_many(documents, **options)
-
-    monkeypatch.setattr(records, "insert_many", counted)
-    g1, g2 = linked(events("g1")), linked(events("g2"))
-    await audit_store.append(g1[0], [])
-    rival = chain(events("g1")[2], None)  # thinks it is seq 1 of g1: collides on (goal_id, seq)
-    results = await asyncio.gather(audit_store.append(g1[1], []), audit_store.append(g2[0], []),
-                                   audit_store.append(g1[0], []), audit_store.append(rival, []))
-    assert results == [True, True, False, False]  # the redelivery and the rival are refused alone
-    assert writes == [1, 4]  # the four concurrent appends went to the store in one write
-    assert [r.event_id for r in await audit_store.records("g1")] == [g1[0].event_id, g1[1].event_id]
-    assert [r.event_id for r in await audit_store.records("g2")] == [g2[0].event_id]
-
-
-async def test_appends_all_fail_when_the_store_does(audit_store, monkeypatch):
-    async def down(documents, **options):
-        raise ConnectionError("store is down")
-
-    monkeypatch.setattr(audit_store._records, "insert_many", down)
-    g1, g2 = linked(events("g1")), linked(events("g2"))
-    results = await asyncio.gather(audit_store.append(g1[0], []), audit_store.append(g2[0], []),
-                                   return_exceptions=True)
-    assert [type(r) for r in results] == [ConnectionError, ConnectionError]
 
 
 async def test_store_keeps_the_outbox_of_each_event(audit_store):

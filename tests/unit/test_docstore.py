@@ -530,3 +530,54 @@ def test_memory_stores_are_per_url_and_per_process(tmp_path):
     embedded_database("memory://one", name)["items"].insert_one({"_id": 1})
     assert embedded_database("memory://one", name)["items"].count_documents({}) == 1
     assert embedded_database("memory://two", name)["items"].count_documents({}) == 0
+
+
+# --- the async facade groups concurrent inserts ----------------------------------------------
+
+
+def grouped_collection(monkeypatch) -> tuple[object, list[int]]:
+    """An async collection whose writes to the docstore are counted (documents per insert_many)."""
+    url = f"memory://{uuid.uuid4().hex}"
+    collection = open_database(url, "db")["items"]
+    underlying = embedded_database(url, "db")["items"]
+    writes: list[int] = []
+    insert_many = type(underlying).insert_many
+
+    def counted(self, documents, **options):
+        documents = list(documents)
+        writes.append(len(documents))
+        return insert_many(self, documents, **options)
+
+    monkeypatch.setattr(type(underlying), "insert_many", counted)
+    return collection, writes
+
+
+async def test_inserts_made_at_once_are_one_write_and_each_caller_learns_its_own_fate(monkeypatch):
+    items, writes = grouped_collection(monkeypatch)
+    await items.create_index("key", unique=True)
+    await items.insert_one({"_id": "a", "key": "k1"})
+    results = await asyncio.gather(items.insert_one({"_id": "b", "key": "k2"}), items.insert_one({"_id": "a", "key": "k9"}),
+                                   items.insert_one({"_id": "c", "key": "k1"}), items.insert_one({"key": "k3"}),
+                                   return_exceptions=True)
+    assert writes == [4]  # the first insert went alone, the four concurrent ones together
+    assert results[0].inserted_id == "b" and isinstance(results[3].inserted_id, ObjectId)
+    assert [type(r) for r in results[1:3]] == [DuplicateKeyError, DuplicateKeyError]  # _id, then the unique key
+    assert sorted(d["key"] for d in await items.find({}).to_list()) == ["k1", "k2", "k3"]
+
+
+async def test_a_document_that_cannot_be_stored_fails_only_its_own_insert(monkeypatch):
+    items, writes = grouped_collection(monkeypatch)
+    results = await asyncio.gather(items.insert_one({"_id": "ok"}), items.insert_one({"_id": "bad", "x": object()}),
+                                   return_exceptions=True)
+    assert writes == [2]  # tried together, then each alone
+    assert results[0].inserted_id == "ok" and isinstance(results[1], Exception)
+    assert [d["_id"] for d in await items.find({}).to_list()] == ["ok"]
+
+
+def test_a_failed_first_write_leaves_no_phantom_collection():
+    # the failed insert created the collection's table in a transaction that was rolled back
+    items = docstore.Client()["db"]["items"]
+    with pytest.raises(Exception, match="cannot encode"):
+        items.insert_one({"_id": "bad", "x": object()})
+    items.insert_one({"_id": "ok"})
+    assert [d["_id"] for d in items.find({})] == ["ok"]
