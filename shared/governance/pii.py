@@ -137,6 +137,10 @@ def redact_text(text: str, allowed_classes: Iterable[str] = ()) -> tuple[str, li
     """`text` with each finding replaced by `[REDACTED:<kind>]`, and the findings (spans refer to
     the original text)."""
     findings = detect(text, allowed_classes)
+    return _replaced(text, findings), findings
+
+
+def _replaced(text: str, findings: Iterable[Finding]) -> str:
     parts: list[str] = []
     position = 0
     for finding in findings:
@@ -144,7 +148,7 @@ def redact_text(text: str, allowed_classes: Iterable[str] = ()) -> tuple[str, li
         parts.append(f"[REDACTED:{finding.kind}]")
         position = finding.end
     parts.append(text[position:])
-    return "".join(parts), findings
+    return "".join(parts)
 
 
 def redact(text: str, allowed_classes: Iterable[str] = ()) -> str:
@@ -161,17 +165,21 @@ def redact_value(value: Any, allowed_classes: Iterable[str] = ()) -> Any:
     kinds = _kinds(allowed_classes)
     if not kinds:
         return value
-    allowed = [k for k in KINDS if k not in kinds]
-    return _redact(value, allowed)
+    return _redact(value, kinds)
 
 
-def _redact(value: Any, allowed: list[str]) -> Any:
+def _redact(value: Any, kinds: tuple[PiiKind, ...]) -> Any:
+    # the auditor walks every event's payload: the common types are checked first and without
+    # the ABC machinery, and a string is copied only when it holds something to redact
     if isinstance(value, str):
-        return redact(value, allowed) if _may_hold_pii(value) else value
-    if isinstance(value, Mapping):
-        return {key: _redact(item, allowed) for key, item in value.items()}
+        if not _may_hold_pii(value):
+            return value
+        findings = _findings(value, kinds)
+        return _replaced(value, findings) if findings else value
+    if isinstance(value, dict) or isinstance(value, Mapping):
+        return {key: _redact(item, kinds) for key, item in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_redact(item, allowed) for item in value]
+        return [_redact(item, kinds) for item in value]
     return value
 
 
