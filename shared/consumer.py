@@ -120,8 +120,9 @@ class KeyedConsumer:
                                              max_records=max(self.scheduler.room, 1))
             for partition, records in batches.items():
                 for record in records:
-                    if self._wants is None or self._wants(record.topic, _text_headers(record)):
-                        self.scheduler.submit(Work(_key(record), partition, record.offset, record))
+                    headers = _text_headers(record)  # decoded once: the filter and the trace context read them
+                    if self._wants is None or self._wants(record.topic, headers):
+                        self.scheduler.submit(Work(_key(record), partition, record.offset, (record, headers)))
                     else:
                         self.scheduler.skip(partition, record.offset)
             if self.scheduler.full:
@@ -146,8 +147,9 @@ class KeyedConsumer:
         consumer.pause(*paused)
         return bool(paused)
 
-    async def _process(self, record: ConsumerRecord) -> None:
-        parent = propagate.extract(_text_headers(record))
+    async def _process(self, fetched: tuple[ConsumerRecord, dict[str, str]]) -> None:
+        record, headers = fetched
+        parent = propagate.extract(headers)
         attributes = {
             SpanAttributes.MESSAGING_SYSTEM: "kafka",
             SpanAttributes.MESSAGING_OPERATION: "process",

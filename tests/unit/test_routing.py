@@ -7,9 +7,9 @@ import uuid
 import pytest
 
 from services.router.handlers import RouterDeps, handle, wants
+from services.router.routing import RoutingError, RoutingTable, choose, load_routing_table
 from services.router.store import RouterStore
 from shared.bus import event_headers
-from services.router.routing import RoutingError, RoutingTable, choose, load_routing_table
 from shared.events import (
     Binding,
     ErrorCode,
