@@ -93,6 +93,7 @@ class Database:
         # documents decoded to answer queries, by collection: what the queries cost (tests)
         self.documents_examined: Counter[str] = Counter()
         self._lock = threading.RLock()
+        self._transactions = 0  # open transaction() blocks: a write inside is a savepoint
         self._connection: sqlite3.Connection | None = None
         self._schema_version: int | None = None
         self._indexes: dict[str, list[Index]] = {}  # by collection; a collection exists iff listed
@@ -135,22 +136,40 @@ class Database:
             yield connection
 
     @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Commit the writes made inside together, as one SQLite transaction: a commit is the
+        dearest part of a small write. Each write still succeeds or fails alone (it runs in a
+        savepoint of its own); nothing inside is durable, or visible to other processes, before
+        the block ends without an error."""
+        with self._writing():
+            self._transactions += 1
+            try:
+                yield
+            finally:
+                self._transactions -= 1
+
+    @contextmanager
     def _writing(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction that holds SQLite's write lock from its first statement."""
+        """One write transaction that holds SQLite's write lock from its first statement; inside
+        `transaction()`, a savepoint of it."""
         with self._lock:
             connection = self._connect()
-            connection.execute("BEGIN IMMEDIATE")
+            nested = self._transactions > 0
+            connection.execute("SAVEPOINT write" if nested else "BEGIN IMMEDIATE")
             try:
                 self._refresh(connection)
                 yield connection
             except BaseException:
-                if connection.in_transaction:
+                if nested:
+                    connection.execute("ROLLBACK TO write")
+                    connection.execute("RELEASE write")
+                elif connection.in_transaction:
                     connection.execute("ROLLBACK")
                 # what this transaction created (a collection, an index) is gone with it: read the
                 # schema again rather than believe the cache
                 self._schema_version = None
                 raise
-            connection.execute("COMMIT")
+            connection.execute("RELEASE write" if nested else "COMMIT")
 
     def _refresh(self, connection: sqlite3.Connection) -> None:
         """Reload collections and indexes when any process changed the schema (every index change

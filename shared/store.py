@@ -16,10 +16,12 @@ store call of a busy service slow. Each service writes its own database file, so
 for another process's write lock only in the rare moments two processes write one file (a
 CLI command, a second replica), and then for at most SQLite's busy timeout.
 
-Concurrent handlers' `insert_one` calls on one collection are written together: the calls made
-within a turn of the event loop become one `insert_many`, one SQLite transaction instead of one
-each (a commit was the largest single cost of the auditor, which writes every event). Each
-caller still returns only once its own document is stored, or gets its own DuplicateKeyError.
+Concurrent handlers' writes to one database are committed together: the write calls made within
+a turn of the event loop run in one SQLite transaction instead of one each (a commit was the
+largest single cost of the auditor, which writes every event, and of the planner, which saves
+its goal on every event). Each call runs in a savepoint of its own, so it succeeds or fails
+alone, and its caller returns only once the transaction is committed: a stored document is
+durable before anything acts on it, as with one transaction per call.
 """
 
 from __future__ import annotations
@@ -27,12 +29,12 @@ from __future__ import annotations
 import asyncio
 import functools
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
 from pymongo import ReturnDocument
-from pymongo.errors import BulkWriteError, DuplicateKeyError, WriteError
-from pymongo.results import InsertOneResult
+from pymongo.errors import DuplicateKeyError
 
 from shared import docstore
 
@@ -77,96 +79,96 @@ class _AsyncCursor:
         return list(cursor if length is None else cursor.limit(length))
 
 
+class _TurnWrites:
+    """The write calls made on one database within a turn of the event loop, run in one
+    transaction when the turn ends (see the module's docstring). Each call runs in a savepoint of
+    its own, so it succeeds or fails alone; its caller hears of it only after the commit."""
+
+    def __init__(self, database: docstore.Database) -> None:
+        self._database = database
+        self._pending: list[tuple[Callable[[], Any], asyncio.Future[Any]]] = []
+
+    async def run(self, call: Callable[[], Any]) -> Any:
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[Any] = loop.create_future()
+        self._pending.append((call, done))
+        if len(self._pending) == 1:
+            loop.call_soon(self._write)
+        return await done
+
+    def _write(self) -> None:
+        batch, self._pending = [(c, d) for c, d in self._pending if not d.done()], []  # a cancelled caller's write is not made
+        outcomes: list[tuple[asyncio.Future[Any], Any, Exception | None]] = []
+        try:
+            with self._database.transaction():
+                for call, done in batch:
+                    try:
+                        outcomes.append((done, call(), None))
+                    except Exception as exc:  # noqa: BLE001 — the caller's own failure, raised where it awaits
+                        outcomes.append((done, None, exc))
+        except Exception as exc:  # noqa: BLE001 — the commit failed: none of the writes is stored
+            outcomes = [(done, None, exc) for _, done in batch]
+        for done, result, error in outcomes:
+            if done.done():
+                continue
+            if error is None:
+                done.set_result(result)
+            else:
+                done.set_exception(error)
+
+
 class _AsyncCollection:
     """pymongo's async collection API over a synchronous docstore collection."""
 
-    _ASYNC_METHODS = {
+    _WRITES = {
+        "insert_one",
         "insert_many",
-        "find_one",
-        "find_one_and_update",
+        "replace_one",
         "update_one",
         "update_many",
-        "replace_one",
+        "find_one_and_update",
         "delete_one",
         "delete_many",
+    }
+    _READS = {
+        "find_one",
         "count_documents",
-        "create_index",
+        "create_index",  # DDL commits alone: it changes the schema every later write reads
         "distinct",
         "index_information",
     }
 
-    def __init__(self, collection: Any) -> None:
+    def __init__(self, collection: Any, writes: _TurnWrites) -> None:
         self._collection = collection
-        self._inserts: list[tuple[dict[str, Any], asyncio.Future[InsertOneResult]]] = []
-
-    async def insert_one(self, document: dict[str, Any], **options: Any) -> InsertOneResult:
-        """Stored together with the other inserts of this turn of the event loop (see above)."""
-        if options:
-            return self._collection.insert_one(document, **options)
-        loop = asyncio.get_running_loop()
-        stored: asyncio.Future[InsertOneResult] = loop.create_future()
-        self._inserts.append((document, stored))
-        if len(self._inserts) == 1:
-            loop.call_soon(self._write_inserts)
-        return await stored
-
-    def _write_inserts(self) -> None:
-        batch, self._inserts = self._inserts, []
-        if len(batch) == 1:
-            _settle_alone(self._collection, *batch[0])
-            return
-        try:
-            self._collection.insert_many([document for document, _ in batch], ordered=False)
-            refused: dict[int, dict[str, Any]] = {}
-        except BulkWriteError as exc:
-            refused = {error["index"]: error for error in exc.details.get("writeErrors", [])}
-        except Exception:  # noqa: BLE001 — one bad document must not fail the others: each alone
-            for document, stored in batch:
-                _settle_alone(self._collection, document, stored)
-            return
-        for index, (document, stored) in enumerate(batch):
-            if stored.done():  # its caller was cancelled
-                continue
-            error = refused.get(index)
-            if error is None:
-                stored.set_result(InsertOneResult(document["_id"], True))
-            else:
-                kind = DuplicateKeyError if error.get("code") == DUPLICATE_KEY else WriteError
-                stored.set_exception(kind(str(error.get("errmsg")), error.get("code"), error))
+        self._writes = writes
 
     def find(self, *args: Any, **kwargs: Any) -> _AsyncCursor:
         return _AsyncCursor(lambda: self._collection.find(*args, **kwargs))
 
     def __getattr__(self, name: str) -> Any:
-        if name not in self._ASYNC_METHODS:
+        method = getattr(self._collection, name) if name in self._WRITES | self._READS else None
+        if method is None:
             raise AttributeError(name)
-        method = getattr(self._collection, name)
+        writes = self._writes
 
-        async def call(*args: Any, **kwargs: Any) -> Any:
+        async def read(*args: Any, **kwargs: Any) -> Any:
             return method(*args, **kwargs)
 
+        async def write(*args: Any, **kwargs: Any) -> Any:
+            return await writes.run(functools.partial(method, *args, **kwargs))
+
+        call = write if name in self._WRITES else read
         setattr(self, name, call)  # made once per method: every store call comes through here
         return call
 
 
-DUPLICATE_KEY = 11000
-
-
-def _settle_alone(collection: Any, document: dict[str, Any], stored: asyncio.Future[InsertOneResult]) -> None:
-    if stored.done():
-        return
-    try:
-        stored.set_result(collection.insert_one(document))
-    except Exception as exc:  # noqa: BLE001 — the caller's own failure, raised where it awaits
-        stored.set_exception(exc)
-
-
 class _AsyncDatabase:
-    def __init__(self, database: Any) -> None:
+    def __init__(self, database: docstore.Database) -> None:
         self._database = database
+        self._writes = _TurnWrites(database)
 
     def __getitem__(self, name: str) -> _AsyncCollection:
-        return _AsyncCollection(self._database[name])
+        return _AsyncCollection(self._database[name], self._writes)
 
 
 _embedded_clients: dict[str, docstore.Client] = {}

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import textwrap
 import uuid
+from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -532,46 +533,105 @@ def test_memory_stores_are_per_url_and_per_process(tmp_path):
     assert embedded_database("memory://two", name)["items"].count_documents({}) == 0
 
 
-# --- the async facade groups concurrent inserts ----------------------------------------------
+# --- the async facade commits a turn's writes together -----------------------------------------
 
 
-def grouped_collection(monkeypatch) -> tuple[object, list[int]]:
-    """An async collection whose writes to the docstore are counted (documents per insert_many)."""
+def counted_database(monkeypatch) -> tuple[object, list[int]]:
+    """An async database whose transactions are counted (writes per transaction)."""
     url = f"memory://{uuid.uuid4().hex}"
-    collection = open_database(url, "db")["items"]
-    underlying = embedded_database(url, "db")["items"]
-    writes: list[int] = []
-    insert_many = type(underlying).insert_many
+    database = open_database(url, "db")
+    transactions: list[int] = []
+    real_writing = docstore.Database._writing
 
-    def counted(self, documents, **options):
-        documents = list(documents)
-        writes.append(len(documents))
-        return insert_many(self, documents, **options)
+    @contextmanager
+    def counting(self):
+        if self._transactions:  # a savepoint: one write of the open transaction
+            transactions[-1] += 1
+        with real_writing(self) as connection:
+            yield connection
 
-    monkeypatch.setattr(type(underlying), "insert_many", counted)
-    return collection, writes
+    real_transaction = docstore.Database.transaction
+
+    @contextmanager
+    def opening(self):
+        transactions.append(0)
+        with real_transaction(self):
+            yield
+
+    monkeypatch.setattr(docstore.Database, "_writing", counting)
+    monkeypatch.setattr(docstore.Database, "transaction", opening)
+    return database, transactions
 
 
-async def test_inserts_made_at_once_are_one_write_and_each_caller_learns_its_own_fate(monkeypatch):
-    items, writes = grouped_collection(monkeypatch)
+async def test_inserts_made_at_once_are_one_transaction_and_each_caller_learns_its_own_fate(monkeypatch):
+    database, transactions = counted_database(monkeypatch)
+    items = database["items"]
     await items.create_index("key", unique=True)
     await items.insert_one({"_id": "a", "key": "k1"})
     results = await asyncio.gather(items.insert_one({"_id": "b", "key": "k2"}), items.insert_one({"_id": "a", "key": "k9"}),
                                    items.insert_one({"_id": "c", "key": "k1"}), items.insert_one({"key": "k3"}),
                                    return_exceptions=True)
-    assert writes == [4]  # the first insert went alone, the four concurrent ones together
+    assert transactions == [1, 4]  # the first insert went alone, the four concurrent ones together
     assert results[0].inserted_id == "b" and isinstance(results[3].inserted_id, ObjectId)
     assert [type(r) for r in results[1:3]] == [DuplicateKeyError, DuplicateKeyError]  # _id, then the unique key
     assert sorted(d["key"] for d in await items.find({}).to_list()) == ["k1", "k2", "k3"]
 
 
 async def test_a_document_that_cannot_be_stored_fails_only_its_own_insert(monkeypatch):
-    items, writes = grouped_collection(monkeypatch)
+    database, transactions = counted_database(monkeypatch)
+    items = database["items"]
     results = await asyncio.gather(items.insert_one({"_id": "ok"}), items.insert_one({"_id": "bad", "x": object()}),
+                                   items.insert_one({"_id": "ok too"}), return_exceptions=True)
+    assert transactions == [3]
+    assert results[0].inserted_id == "ok" and isinstance(results[1], Exception) and results[2].inserted_id == "ok too"
+    assert [d["_id"] for d in await items.find({}).to_list()] == ["ok", "ok too"]
+
+
+async def test_conditional_saves_of_one_turn_share_a_transaction_and_still_conflict(monkeypatch):
+    # the planner's save: replace the goal only if nobody changed its version since it was read
+    database, transactions = counted_database(monkeypatch)
+    goals, outboxes = database["goals"], database["outboxes"]
+    await goals.insert_many([{"_id": "g1", "version": 0}, {"_id": "g2", "version": 0}])
+    first, second, other, outbox = await asyncio.gather(
+        goals.replace_one({"_id": "g1", "version": 0}, {"version": 1, "by": "first"}),
+        goals.replace_one({"_id": "g1", "version": 0}, {"version": 1, "by": "second"}),
+        goals.replace_one({"_id": "g2", "version": 0}, {"version": 1, "by": "other"}),
+        outboxes.insert_one({"_id": "e1", "outbox": []}),
+    )
+    assert transactions == [1, 4]  # every kind of write, every collection of the database
+    assert (first.modified_count, second.modified_count, other.modified_count) == (1, 0, 1)
+    assert [d["by"] for d in await goals.find({}, sort=[("_id", ASCENDING)]).to_list()] == ["first", "other"]
+    assert outbox.inserted_id == "e1"
+
+
+async def test_when_the_commit_fails_every_caller_hears_of_it_and_nothing_is_stored(monkeypatch):
+    database = open_database(f"memory://{uuid.uuid4().hex}", "db")
+    items = database["items"]
+    await items.insert_one({"_id": "before"})
+    real_transaction = docstore.Database.transaction
+
+    @contextmanager
+    def failing_commit(self):
+        with real_transaction(self):
+            yield
+            raise sqlite3.OperationalError("disk I/O error")  # at the end of the block: rolled back
+
+    monkeypatch.setattr(docstore.Database, "transaction", failing_commit)
+    results = await asyncio.gather(items.insert_one({"_id": "a"}), items.update_one({"_id": "before"}, {"$set": {"n": 1}}),
                                    return_exceptions=True)
-    assert writes == [2]  # tried together, then each alone
-    assert results[0].inserted_id == "ok" and isinstance(results[1], Exception)
-    assert [d["_id"] for d in await items.find({}).to_list()] == ["ok"]
+    assert [type(r) for r in results] == [sqlite3.OperationalError, sqlite3.OperationalError]
+    monkeypatch.undo()
+    assert await items.find({}).to_list() == [{"_id": "before"}]
+
+
+async def test_a_write_whose_caller_was_cancelled_before_the_turn_ended_is_not_made():
+    items = open_database(f"memory://{uuid.uuid4().hex}", "db")["items"]
+    cancelled = asyncio.ensure_future(items.insert_one({"_id": "cancelled"}))
+    kept = asyncio.ensure_future(items.insert_one({"_id": "kept"}))
+    await asyncio.sleep(0)  # both calls are queued
+    cancelled.cancel()
+    await asyncio.gather(cancelled, kept, return_exceptions=True)
+    assert [d["_id"] for d in await items.find({}).to_list()] == ["kept"]
 
 
 def test_a_failed_first_write_leaves_no_phantom_collection():
