@@ -157,7 +157,10 @@ class Database:
             nested = self._transactions > 0
             connection.execute("SAVEPOINT write" if nested else "BEGIN IMMEDIATE")
             try:
-                self._refresh(connection)
+                # inside a transaction only this connection can change the schema, and its cache
+                # is dropped when a write of it fails (a rollback may take a new collection along)
+                if not nested or self._schema_version is None:
+                    self._refresh(connection)
                 yield connection
             except BaseException:
                 if nested:

@@ -641,3 +641,12 @@ def test_a_failed_first_write_leaves_no_phantom_collection():
         items.insert_one({"_id": "bad", "x": object()})
     items.insert_one({"_id": "ok"})
     assert [d["_id"] for d in items.find({})] == ["ok"]
+
+
+async def test_a_collection_whose_first_write_failed_in_a_shared_transaction_works_for_the_next_write():
+    # the failed insert created the collection's table in its savepoint, which was rolled back
+    items = open_database(f"memory://{uuid.uuid4().hex}", "db")["items"]
+    bad, good = await asyncio.gather(items.insert_one({"_id": "bad", "x": object()}), items.insert_one({"_id": "ok"}),
+                                     return_exceptions=True)
+    assert isinstance(bad, Exception) and good.inserted_id == "ok"
+    assert [d["_id"] for d in await items.find({}).to_list()] == ["ok"]
