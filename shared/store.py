@@ -97,7 +97,8 @@ class _TurnWrites:
         return await done
 
     def _write(self) -> None:
-        batch, self._pending = [(c, d) for c, d in self._pending if not d.done()], []  # a cancelled caller's write is not made
+        # a caller cancelled before the turn ended has its write left unmade
+        batch, self._pending = [(c, d) for c, d in self._pending if not d.done()], []
         outcomes: list[tuple[asyncio.Future[Any], Any, Exception | None]] = []
         try:
             with self._database.transaction():
@@ -130,10 +131,10 @@ class _AsyncCollection:
         "delete_one",
         "delete_many",
     }
-    _READS = {
+    _AT_ONCE = {  # reads, and DDL: an index changes the schema every later write reads
         "find_one",
         "count_documents",
-        "create_index",  # DDL commits alone: it changes the schema every later write reads
+        "create_index",
         "distinct",
         "index_information",
     }
@@ -146,18 +147,18 @@ class _AsyncCollection:
         return _AsyncCursor(lambda: self._collection.find(*args, **kwargs))
 
     def __getattr__(self, name: str) -> Any:
-        method = getattr(self._collection, name) if name in self._WRITES | self._READS else None
+        method = getattr(self._collection, name) if name in self._WRITES | self._AT_ONCE else None
         if method is None:
             raise AttributeError(name)
         writes = self._writes
 
-        async def read(*args: Any, **kwargs: Any) -> Any:
+        async def at_once(*args: Any, **kwargs: Any) -> Any:
             return method(*args, **kwargs)
 
         async def write(*args: Any, **kwargs: Any) -> Any:
             return await writes.run(functools.partial(method, *args, **kwargs))
 
-        call = write if name in self._WRITES else read
+        call = write if name in self._WRITES else at_once
         setattr(self, name, call)  # made once per method: every store call comes through here
         return call
 

@@ -90,8 +90,10 @@ def _emails(text: str) -> Iterable[Finding]:
 
 # phonenumbers' matcher finds numbers only within runs of digits, its punctuation, plus signs
 # and brackets (no letters: it does not read vanity numbers)
-_PHONE_RUN = re.compile("[" + _phonenumberutil._VALID_PUNCTUATION + _phonenumberutil._PLUS_CHARS  # their own
-                        + _phonenumbermatcher._OPENING_PARENS + _phonenumbermatcher._CLOSING_PARENS + "\\d]+")  # class syntax
+_PHONE_RUN = re.compile(  # the library's own character-class fragments
+    "[" + _phonenumberutil._VALID_PUNCTUATION + _phonenumberutil._PLUS_CHARS
+    + _phonenumbermatcher._OPENING_PARENS + _phonenumbermatcher._CLOSING_PARENS + "\\d]+"
+)
 MIN_INTERNATIONAL_PHONE_DIGITS = 6
 """The fewest digits of a valid number written with its country code (Austria, Germany and Iran
 have 4-digit numbers behind a 2-digit code); a unit test checks it against phonenumbers' data."""
@@ -118,7 +120,8 @@ def _may_hold_phone(text: str) -> bool:
     `_may_hold_pii`) are checked in every event by the auditor: their runs hold 8 digits at most."""
     for run in _PHONE_RUN.findall(text):
         digits = sum(map(str.isdigit, run))
-        if digits >= MIN_INTERNATIONAL_PHONE_DIGITS and ("+" in run or "＋" in run or digits >= _MIN_UNPREFIXED_PHONE_DIGITS):
+        plus = "+" in run or "＋" in run
+        if digits >= MIN_INTERNATIONAL_PHONE_DIGITS and (plus or digits >= _MIN_UNPREFIXED_PHONE_DIGITS):
             return True
     return False
 

@@ -617,8 +617,8 @@ async def test_when_the_commit_fails_every_caller_hears_of_it_and_nothing_is_sto
             raise sqlite3.OperationalError("disk I/O error")  # at the end of the block: rolled back
 
     monkeypatch.setattr(docstore.Database, "transaction", failing_commit)
-    results = await asyncio.gather(items.insert_one({"_id": "a"}), items.update_one({"_id": "before"}, {"$set": {"n": 1}}),
-                                   return_exceptions=True)
+    results = await asyncio.gather(items.insert_one({"_id": "a"}),
+                                   items.update_one({"_id": "before"}, {"$set": {"n": 1}}), return_exceptions=True)
     assert [type(r) for r in results] == [sqlite3.OperationalError, sqlite3.OperationalError]
     monkeypatch.undo()
     assert await items.find({}).to_list() == [{"_id": "before"}]
