@@ -90,10 +90,13 @@ def _emails(text: str) -> Iterable[Finding]:
 
 # phonenumbers' matcher finds numbers only within runs of digits, its punctuation, plus signs
 # and brackets (no letters: it does not read vanity numbers)
-_PHONE_RUN = re.compile(  # the library's own character-class fragments
-    "[" + _phonenumberutil._VALID_PUNCTUATION + _phonenumberutil._PLUS_CHARS
-    + _phonenumbermatcher._OPENING_PARENS + _phonenumbermatcher._CLOSING_PARENS + "\\d]+"
-)
+try:  # the library's own character-class fragments; private, so a release may rename them
+    _PHONE_RUN: re.Pattern[str] | None = re.compile(
+        "[" + _phonenumberutil._VALID_PUNCTUATION + _phonenumberutil._PLUS_CHARS
+        + _phonenumbermatcher._OPENING_PARENS + _phonenumbermatcher._CLOSING_PARENS + "\\d]+"
+    )
+except AttributeError:  # then every text goes to the matcher, as before the pre-check
+    _PHONE_RUN = None
 MIN_INTERNATIONAL_PHONE_DIGITS = 6
 """The fewest digits of a valid number written with its country code (Austria, Germany and Iran
 have 4-digit numbers behind a 2-digit code); a unit test checks it against phonenumbers' data."""
@@ -118,6 +121,8 @@ def _may_hold_phone(text: str) -> bool:
     """False when no run of the text has the digits of a valid number. The matcher costs about
     0.1 ms per text, and ids, timestamps and trace ids (7 or more digits, so past
     `_may_hold_pii`) are checked in every event by the auditor: their runs hold 8 digits at most."""
+    if _PHONE_RUN is None:
+        return True
     for run in _PHONE_RUN.findall(text):
         digits = sum(map(str.isdigit, run))
         plus = "+" in run or "＋" in run

@@ -5,6 +5,7 @@ from __future__ import annotations
 import phonenumbers
 import pytest
 
+from shared.governance import pii
 from shared.governance.pii import (
     MIN_INTERNATIONAL_PHONE_DIGITS,
     _findings,
@@ -188,3 +189,8 @@ def test_ids_timestamps_and_trace_ids_skip_the_phone_parser(text, monkeypatch):
     monkeypatch.setattr(phonenumbers, "PhoneNumberMatcher", counted)
     assert kinds(text + " ") == []  # a text not seen before: the findings are cached by text
     assert parsed == []
+
+
+def test_without_the_library_s_punctuation_every_text_goes_to_the_phone_parser(monkeypatch):
+    monkeypatch.setattr(pii, "_PHONE_RUN", None)
+    assert pii._may_hold_phone("bench-c64-00049:plan")
