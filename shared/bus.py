@@ -40,7 +40,7 @@ from shared.events import (
     to_wire,
 )
 from shared.settings import Settings
-from shared.telemetry.tracing import current_goal_id
+from shared.telemetry.tracing import current_goal_id, never_records
 
 log = logging.getLogger("goalrail.bus")
 
@@ -160,6 +160,7 @@ class KafkaPublisher:
     def __init__(self, settings: Settings, tracer: trace.Tracer) -> None:
         self._settings = settings
         self._tracer = tracer
+        self._spans_dropped = never_records(tracer)
         self._producer: AIOKafkaProducer | None = None
 
     async def start(self) -> None:
@@ -186,11 +187,17 @@ class KafkaPublisher:
         if producer is None:
             raise RuntimeError("the publisher is not started")
         in_flight: list[tuple[trace.Span, asyncio.Future]] = []
+        # with spans dropped, the span being handled carries the trace on (see never_records)
+        spans = not self._spans_dropped or not trace.get_current_span().get_span_context().is_valid
         try:
             for topic, value, key, headers in messages:
-                span = self._tracer.start_span(f"{topic} publish", kind=trace.SpanKind.PRODUCER,
-                                               attributes=_publish_attributes(topic, key, headers))
-                propagate.inject(headers, context=trace.set_span_in_context(span))
+                span = trace.INVALID_SPAN
+                if spans:
+                    span = self._tracer.start_span(f"{topic} publish", kind=trace.SpanKind.PRODUCER,
+                                                   attributes=_publish_attributes(topic, key, headers))
+                    propagate.inject(headers, context=trace.set_span_in_context(span))
+                else:
+                    propagate.inject(headers)
                 try:
                     ack = await producer.send(topic, value, key=key,
                                               headers=[(name, text.encode()) for name, text in headers.items()])

@@ -17,11 +17,13 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
+from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.semconv.trace import SpanAttributes
 
 from shared.keyed import KeyedScheduler, Work
 from shared.settings import Settings
+from shared.telemetry.tracing import never_records
 
 log = logging.getLogger("goalrail.consumer")
 
@@ -59,6 +61,7 @@ class KeyedConsumer:
         self._topics = list(topics)
         self._handle = handle
         self._tracer = tracer
+        self._spans_dropped = never_records(tracer)
         self.scheduler = KeyedScheduler(self._process, max_in_flight or settings.max_in_flight)
         self._consumer: AIOKafkaConsumer | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -158,6 +161,13 @@ class KeyedConsumer:
     async def _process(self, fetched: tuple[ConsumerRecord, dict[str, str]]) -> None:
         record, headers = fetched
         parent = propagate.extract(headers)
+        if self._spans_dropped and trace.get_current_span(parent).get_span_context().is_valid:
+            token = otel_context.attach(parent)  # the handler runs in the trace of the record
+            try:
+                await self._handle(record)
+            finally:
+                otel_context.detach(token)
+            return
         attributes = {
             SpanAttributes.MESSAGING_SYSTEM: "kafka",
             SpanAttributes.MESSAGING_OPERATION: "process",

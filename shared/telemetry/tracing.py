@@ -54,6 +54,13 @@ def _sampler(otlp_endpoint: str | None) -> Sampler | None:
     return ParentBased(ALWAYS_ON, remote_parent_not_sampled=ALWAYS_ON)
 
 
+def never_records(tracer: trace.Tracer) -> bool:
+    """Whether every span of `tracer` is dropped (no exporter, see `_sampler`). Then a hop need
+    not make spans of its own: the upstream span's context carries the trace id on just as well,
+    and making a span that nothing records is about a tenth of a millisecond per hop."""
+    return getattr(tracer, "sampler", None) is ALWAYS_OFF
+
+
 def current_trace_id() -> str | None:
     context = trace.get_current_span().get_span_context()
     return format(context.trace_id, "032x") if context.is_valid else None

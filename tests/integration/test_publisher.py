@@ -7,7 +7,9 @@ import asyncio
 
 import pytest
 from aiokafka import AIOKafkaConsumer
+from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
@@ -15,6 +17,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 from shared.bus import KafkaPublisher
 from shared.events import GoalSpec, GoalSubmitted, Topic
 from shared.settings import Settings
+from shared.telemetry.tracing import never_records
 
 pytestmark = pytest.mark.integration
 
@@ -110,3 +113,21 @@ async def test_a_dead_letter_keeps_the_original_key_and_value_bytes(broker):
     [record] = await read(broker.bootstrap, Topic.GOALS_SUBMITTED.dlq, 1)
     assert (record.key, record.value) == (b"\xfe\xff-key", b"\xff not json")
     assert dict(record.headers)["goalrail-dlq-code"] == b"X"
+
+
+async def test_with_spans_dropped_the_trace_goes_on_from_the_span_being_handled(broker):
+    tracer = TracerProvider(sampler=ALWAYS_OFF).get_tracer("test")
+    assert never_records(tracer)
+    publisher = KafkaPublisher(Settings(kafka_bootstrap=broker.bootstrap), tracer)
+    handled = trace.NonRecordingSpan(trace.SpanContext(0x5EED, 0xCAFE, is_remote=True))
+    await publisher.start()
+    try:
+        with trace.use_span(handled):
+            await publisher.publish([submitted("g-handled", 0)])
+        await publisher.publish([submitted("g-alone", 0)])  # outside any trace: one of its own
+    finally:
+        await publisher.stop()
+    records = await read(broker.bootstrap, Topic.GOALS_SUBMITTED.value, 2)
+    traceparents = {r.key.decode(): dict(r.headers)["traceparent"].decode() for r in records}
+    assert traceparents["g-handled"].split("-")[1:3] == [format(0x5EED, "032x"), format(0xCAFE, "016x")]
+    assert int(traceparents["g-alone"].split("-")[1], 16) not in (0, 0x5EED)

@@ -80,3 +80,25 @@ async def test_a_burst_is_handed_over_a_part_at_a_time_so_its_first_records_star
     assert handed_over_when_started[:HANDOFF_RECORDS] == [HANDOFF_RECORDS] * HANDOFF_RECORDS
     assert max(handed_over_when_started) == len(burst)
     await consumer.scheduler.close()
+
+
+async def test_with_spans_dropped_a_record_is_handled_in_the_trace_its_headers_carry() -> None:
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
+
+    from shared.telemetry.tracing import current_trace_id
+
+    seen: list[str | None] = []
+
+    async def handle(record: ConsumerRecord) -> None:
+        seen.append(current_trace_id())
+
+    tracer = TracerProvider(sampler=ALWAYS_OFF).get_tracer("test")
+    consumer = KeyedConsumer(Settings(), "test", ["t"], handle, tracer)
+    traced = {"traceparent": f"00-{'ab' * 16}-{'cd' * 8}-00"}
+    record = ConsumerRecord("t", 0, 0, 0, 0, b"goal-1", b"{}", None, 0, 0, ())
+    await consumer._process((record, traced))
+    await consumer._process((record, {}))  # no trace context: a trace of its own starts here
+    assert seen[0] == "ab" * 16
+    assert seen[1] is not None and seen[1] != "ab" * 16
+    assert current_trace_id() is None  # the record's context ends with its handling
